@@ -1,0 +1,126 @@
+"""The protocol every PEFT method implements, and helpers shared by methods.
+
+A method is a config dataclass (every field documented, validated in ``__post_init__`` so that
+impossible settings fail before any model loads) plus a :class:`Method` subclass registered with
+``@METHODS.register("<name>")``. The Lightning module only ever calls the hooks below, so it never
+branches on the method.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from peftlab.config_utils import require
+from peftlab.models import ModelSpec
+
+
+@dataclass
+class MethodConfig:
+    """Options every method has."""
+
+    name: str
+    lr: float = 1e-4  # learning rate this method is usually trained with (optim.lr follows it)
+    train_head: bool = True  # also train the task head (classifier) named in the model config
+    targets: list[str] = field(default_factory=list)  # logical module names (see conf/model/*.yaml)
+
+    def __post_init__(self) -> None:
+        require(self.lr > 0, f"method.lr must be > 0, got {self.lr}")
+
+
+class Method:
+    """Transforms a backbone into a model whose only trainable parameters are the method's."""
+
+    config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig) -> None:
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
+        """Freeze/replace/wrap modules of ``model``; return the model to train."""
+        raise NotImplementedError
+
+    # --- training-time hooks, called by PeftModule (defaults: nothing to do) ---
+    def on_after_backward(self, model: nn.Module) -> None:
+        """After each backward pass (gradients are in ``.grad``)."""
+
+    def on_train_batch_end(self, model: nn.Module, step: int) -> bool:
+        """After each optimizer step ``step`` (1-based). Return True when the set of trainable
+        parameters changed, so the optimizer and scheduler are rebuilt over the new set."""
+        return False
+
+    def current_lr(self) -> float:
+        """Learning rate for an optimizer built now (a method may switch it, e.g. SMT after warm-up)."""
+        return self.config.lr
+
+    # --- deployment and persistence ---
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Fold the method's update into plain base-model layers (zero inference overhead)."""
+        raise NotImplementedError(f"method '{self.name}' defines no merge")
+
+    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """What the method trained (plus any buffers it needs to reproduce outputs)."""
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def method_state(self) -> dict[str, Any]:
+        """Extra, non-tensor state the method needs to rebuild its structure (saved in checkpoints)."""
+        return {}
+
+    def load_method_state(self, model: nn.Module, state: dict[str, Any]) -> nn.Module:
+        """Rebuild the structure described by :meth:`method_state` on a freshly applied model."""
+        return model
+
+
+def freeze(model: nn.Module) -> None:
+    """Every parameter of ``model`` frozen."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def head_module_names(model: nn.Module, spec: ModelSpec) -> list[str]:
+    """Names of the task-head modules (outermost match only)."""
+    names: list[str] = []
+    for name, _ in model.named_modules():
+        if name and spec.is_head(name) and not any(name.startswith(f"{n}.") for n in names):
+            names.append(name)
+    return names
+
+
+def unfreeze_head(model: nn.Module, spec: ModelSpec) -> None:
+    """Make the task-head parameters trainable."""
+    for name in head_module_names(model, spec):
+        for p in model.get_submodule(name).parameters():
+            p.requires_grad_(True)
+
+
+def named_targets(model: nn.Module, spec: ModelSpec, logical: list[str]) -> Iterator[tuple[str, nn.Module]]:
+    """The ``(name, module)`` pairs whose names match the ``logical`` targets of ``spec``."""
+    pattern = re.compile(spec.target_regex(logical))
+    found = False
+    for name, module in model.named_modules():
+        if pattern.fullmatch(name):
+            found = True
+            yield name, module
+    require(found, f"targets {logical} match no module of model '{spec.name}' (check conf/model/{spec.name}.yaml)")
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; tied tensors counted once."""
+    seen: set[int] = set()
+    trainable = total = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+        trainable += p.numel() if p.requires_grad else 0
+    return trainable, total

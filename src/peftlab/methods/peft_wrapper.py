@@ -1,0 +1,31 @@
+"""Shared base for the methods we take from HF ``peft`` (wrap, never re-implement).
+
+A subclass only says which ``peft`` config its options map to; applying, head handling
+(``modules_to_save``), merging and adapter state come from ``peft`` itself.
+"""
+
+from __future__ import annotations
+
+import peft
+import torch
+from torch import nn
+
+from peftlab.methods.base import Method, head_module_names
+from peftlab.models import ModelSpec
+
+
+class PeftMethod(Method):
+    """A method realised by ``peft.get_peft_model``."""
+
+    def peft_config(self, spec: ModelSpec, modules_to_save: list[str] | None) -> peft.PeftConfig:
+        raise NotImplementedError
+
+    def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
+        heads = head_module_names(model, spec) if self.config.train_head else []
+        return peft.get_peft_model(model, self.peft_config(spec, heads or None))
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return model.merge_and_unload()
+
+    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in peft.get_peft_model_state_dict(model).items()}

@@ -1,0 +1,55 @@
+"""Name → class registries with auto-discovery.
+
+A method or task module registers itself with a decorator; every module of the package is imported
+the first time a registry is queried, so adding a method or task needs no edit outside its own file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+from peftlab.errors import ConfigError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A registry of ``kind`` (e.g. "method") whose members live in the sub-modules of ``package``."""
+
+    def __init__(self, kind: str, package: str) -> None:
+        self.kind = kind
+        self.package = package
+        self._items: dict[str, T] = {}
+        self._discovered = False
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@METHODS.register("lora")`` on a class makes it buildable by name."""
+
+        def deco(obj: T) -> T:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} '{name}' registered twice")
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def _discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        pkg = importlib.import_module(self.package)
+        for info in pkgutil.walk_packages(pkg.__path__, prefix=f"{self.package}."):
+            importlib.import_module(info.name)
+
+    def names(self) -> list[str]:
+        self._discover()
+        return sorted(self._items)
+
+    def get(self, name: str) -> T:
+        self._discover()
+        if name not in self._items:
+            raise ConfigError(f"unknown {self.kind} '{name}'; valid {self.kind}s: {', '.join(self.names())}")
+        return self._items[name]

@@ -1,0 +1,98 @@
+"""The protocol every task implements.
+
+A task supplies data (per split), batching, the training loss, per-batch predictions and the
+metric over a whole split. The Lightning module calls only these, so it never branches on the
+task family. Splits are ``train``, ``validation`` (model selection during training) and ``test``
+(what is reported: for GLUE the dev set, as papers do).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from peftlab.config_utils import require
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class TaskConfig:
+    """Options every task has."""
+
+    family: str  # registry name of the task class (glue, synthetic, squad, vtab, commonsense ...)
+    name: str  # the task's own name (rte, squad_v2, cifar ...)
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    epochs: int = 3
+    max_train_samples: int | None = None  # cap (debugging, tests); None = the whole split
+    max_eval_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        require(self.batch_size > 0, f"task.batch_size must be > 0, got {self.batch_size}")
+        require(self.eval_batch_size > 0, f"task.eval_batch_size must be > 0, got {self.eval_batch_size}")
+        require(self.epochs > 0, f"task.epochs must be > 0, got {self.epochs}")
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            require(value is None or value > 0, f"task.{key} must be > 0 or null, got {value}")
+
+
+class Task:
+    """Base class; subclasses are registered with ``@TASKS.register("<family>")``."""
+
+    config_cls: ClassVar[type[TaskConfig]] = TaskConfig
+
+    def __init__(self, config: TaskConfig) -> None:
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def head(self) -> str:
+        """Model head this task needs: seq_cls, regression, qa_span, causal_lm or image_cls."""
+        raise NotImplementedError
+
+    @property
+    def num_labels(self) -> int | None:
+        """Output size of the head (None where the head does not need it)."""
+        return None
+
+    @property
+    def main_metric(self) -> str:
+        """The metric papers report for this task (checkpoint selection monitors it)."""
+        raise NotImplementedError
+
+    def setup(self, preprocessor: Any, seed: int) -> None:
+        """Load and preprocess every split (``preprocessor``: tokenizer or image transform)."""
+        raise NotImplementedError
+
+    def dataset(self, split: str) -> Dataset:
+        raise NotImplementedError
+
+    def collate(self, examples: list[Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        """Per-batch outputs (moved to CPU); :meth:`evaluate` turns a split's outputs into metrics."""
+        raise NotImplementedError
+
+    def evaluate(self, outputs: list[dict[str, Any]], split: str) -> dict[str, float]:
+        raise NotImplementedError
+
+
+def cat_outputs(outputs: list[dict[str, Any]], key: str) -> list[Any]:
+    """Concatenate the per-batch lists/tensors under ``key`` into one flat list."""
+    flat: list[Any] = []
+    for out in outputs:
+        value = out[key]
+        flat.extend(value.tolist() if isinstance(value, torch.Tensor) else value)
+    return flat

@@ -1,0 +1,115 @@
+"""``run(cfg)``: the whole recipe of one run, called by the root ``train.py``.
+
+validate → seed → task → backbone → method → trainer → fit → test → record.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from peftlab import results
+from peftlab.config_utils import build_dataclass, require, to_dict
+from peftlab.data import TaskDataModule
+from peftlab.methods import Method, build_method
+from peftlab.methods.base import count_parameters
+from peftlab.models import ModelSpec, load_backbone, load_tokenizer
+from peftlab.module import PeftModule
+from peftlab.tasks import Task, build_task
+
+log = logging.getLogger(__name__)
+
+
+def validate(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
+    """Check the whole config before any data or weights load; return the built parts."""
+    spec = build_dataclass(ModelSpec, cfg.model, f"model '{cfg.model.get('name')}'")
+    method = build_method(cfg.method)
+    task = build_task(cfg.task)
+    if method.config.targets:
+        spec.target_regex(method.config.targets)  # unknown logical targets fail here
+    o = cfg.optim
+    require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    require(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}")
+    return spec, method, task
+
+
+def build(cfg: DictConfig) -> tuple[PeftModule, TaskDataModule, ModelSpec]:
+    """Validated parts → a ready LightningModule and DataModule (seeds first)."""
+    spec, method, task = validate(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    preprocessor = load_tokenizer(spec) if spec.source != "timm" else None
+    model = load_backbone(spec, task.head, task.num_labels)
+    model = method.apply(model, spec)
+    trainable, total = count_parameters(model)
+    print(f"[peftlab] method={method.name} model={spec.name} task={task.name}: "
+          f"trainable {trainable:,} / {total:,} params ({100 * trainable / total:.4f}%)")
+    task.setup(preprocessor if preprocessor is not None else model, cfg.seed)
+    module = PeftModule(model, method, task, to_dict(cfg.optim))
+    return module, TaskDataModule(task, cfg.get("num_workers", 0)), spec
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a config group such as ``logger`` or ``callbacks`` (may be empty)."""
+    return [hydra.utils.instantiate(c) for c in (group or {}).values()]
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train and evaluate one configuration; write its record; return its metrics."""
+    start = time.time()
+    module, datamodule, spec = build(cfg)
+    trainable_before, total = count_parameters(module.model)
+    out_dir = Path(cfg.paths.output_dir)
+    loggers = _instantiate_all(cfg.get("logger"))
+    callbacks = _instantiate_all(cfg.get("callbacks"))
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+
+    path = results.record_path(cfg.paths.results_dir, module.task.name, module.method.name, spec.name, cfg.seed)
+    record: dict[str, Any] = {
+        "record_version": results.RECORD_VERSION,
+        "status": "running",
+        "started": results.now(),
+        "task": module.task.name,
+        "method": module.method.name,
+        "model": spec.name,
+        "seed": cfg.seed,
+        "tags": list(cfg.get("tags", [])),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "git": results.git_commit(),
+        "hardware": results.hardware(),
+        "versions": results.versions(),
+        "output_dir": str(out_dir),
+    }
+    try:
+        if cfg.get("train", True):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("train/")}
+        if cfg.get("test", True):
+            for row in trainer.test(module, datamodule=datamodule, verbose=False):
+                metrics.update({k: float(v) for k, v in row.items()})
+    except BaseException as err:
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", finished=results.now())
+        results.write_json_atomic(path, record)
+        raise
+    trainable, _ = count_parameters(module.model)
+    record.update(
+        status="complete",
+        finished=results.now(),
+        metrics=metrics,
+        main_metric=module.task.main_metric,
+        params={"trainable": trainable_before, "total": total, "trainable_final": trainable,
+                "trainable_pct": 100.0 * trainable_before / total},
+        train_head=module.method.config.train_head,
+        wall_time_s=time.time() - start,
+        global_steps=trainer.global_step,
+        memory=results.peak_memory(),
+    )
+    results.write_json_atomic(path, record)
+    main = f"test/{module.task.main_metric}"
+    print(f"[peftlab] {main} = {metrics.get(main, float('nan')):.2f}; record: {path}")
+    return metrics

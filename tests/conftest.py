@@ -1,0 +1,52 @@
+"""Shared fixtures: compose the real Hydra config with overrides, outputs under tmp_path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def compose_config(overrides: list[str], tmp_path: Path | None = None) -> DictConfig:
+    """The project's config with ``overrides``; outputs/results redirected to ``tmp_path``."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    if tmp_path is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / "out")
+            cfg.paths.results_dir = str(tmp_path / "runs")
+    return cfg
+
+
+TINY = [
+    "model=tiny_bert",
+    "trainer.max_epochs=1",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+    "callbacks=none",
+    "task.num_train=64",
+    "task.num_validation=32",
+    "task.batch_size=16",
+]
+
+
+@pytest.fixture
+def cfg_factory(tmp_path: Path) -> Callable[..., DictConfig]:
+    """``cfg_factory(*overrides, tiny=True)`` → composed config writing under tmp_path."""
+
+    def make(*overrides: str, tiny: bool = True) -> DictConfig:
+        return compose_config([*(TINY if tiny else []), *overrides], tmp_path)
+
+    return make
