@@ -71,6 +71,13 @@ class Method:
         """What the method trained (plus any buffers it needs to reproduce outputs)."""
         return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
+    def load_adapter_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+        """Load what :meth:`adapter_state_dict` saved onto a model this method was just applied to."""
+        result = model.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise KeyError(f"adapter keys not in the model: {result.unexpected_keys[:5]}")
+        return model
+
     def method_state(self) -> dict[str, Any]:
         """Extra, non-tensor state the method needs to rebuild its structure (saved in checkpoints)."""
         return {}

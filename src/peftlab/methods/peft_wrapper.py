@@ -29,3 +29,9 @@ class PeftMethod(Method):
 
     def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in peft.get_peft_model_state_dict(model).items()}
+
+    def load_adapter_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+        result = peft.set_peft_model_state_dict(model, state)
+        if result.unexpected_keys:
+            raise KeyError(f"adapter keys not in the model: {result.unexpected_keys[:5]}")
+        return model
