@@ -38,6 +38,9 @@ class PeftModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=_batch_size(batch))
         return loss
 
+    def on_fit_start(self) -> None:
+        self.method.on_fit_start(self.model, int(self.trainer.estimated_stepping_batches))
+
     def on_after_backward(self) -> None:
         self.method.on_after_backward(self.model)
 

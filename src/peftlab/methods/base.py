@@ -50,6 +50,9 @@ class Method:
         raise NotImplementedError
 
     # --- training-time hooks, called by PeftModule (defaults: nothing to do) ---
+    def on_fit_start(self, model: nn.Module, total_steps: int) -> None:
+        """Once before training, with the number of optimizer steps the run will take (AdaLoRA's schedule)."""
+
     def on_after_backward(self, model: nn.Module) -> None:
         """After each backward pass (gradients are in ``.grad``)."""
 
