@@ -89,6 +89,10 @@ class Method:
         """Rebuild the structure described by :meth:`method_state` on a freshly applied model."""
         return model
 
+    def extra_counts(self, model: nn.Module) -> dict[str, Any]:
+        """Method-specific parameter counts for the run record (e.g. CapaBoost: stored vs receiving gradient)."""
+        return {}
+
 
 def freeze(model: nn.Module) -> None:
     """Every parameter of ``model`` frozen."""
