@@ -45,11 +45,15 @@ def build(cfg: DictConfig) -> tuple[PeftModule, TaskDataModule, ModelSpec]:
     pl.seed_everything(cfg.seed, workers=True)
     preprocessor = load_tokenizer(spec) if spec.source != "timm" else None
     model = load_backbone(spec, task.head, task.num_labels)
+    if preprocessor is None:  # timm: the backbone's input size, interpolation and mean/std
+        import timm
+
+        preprocessor = timm.data.resolve_model_data_config(model)
     model = method.apply(model, spec)
     trainable, total = count_parameters(model)
     print(f"[peftlab] method={method.name} model={spec.name} task={task.name}: "
           f"trainable {trainable:,} / {total:,} params ({100 * trainable / total:.4f}%)")
-    task.setup(preprocessor if preprocessor is not None else model, cfg.seed)
+    task.setup(preprocessor, cfg.seed)
     module = PeftModule(model, method, task, to_dict(cfg.optim))
     return module, TaskDataModule(task, cfg.get("num_workers", 0)), spec
 
