@@ -99,6 +99,7 @@ class PeftModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
         keep |= {f"model.{n}" for n, _ in self.model.named_buffers()}
+        keep |= {f"model.{n}" for n in self.method.checkpoint_names(self.model)}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["peftlab"] = {"method_state": self.method.method_state(), "best": dict(self.best)}
 

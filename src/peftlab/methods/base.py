@@ -85,6 +85,11 @@ class Method:
         """Extra, non-tensor state the method needs to rebuild its structure (saved in checkpoints)."""
         return {}
 
+    def checkpoint_names(self, model: nn.Module) -> set[str]:
+        """Names of frozen parameters a checkpoint must still hold because training changed them
+        (e.g. SMT's full-FT warm-up); trainable parameters and buffers are always kept."""
+        return set()
+
     def load_method_state(self, model: nn.Module, state: dict[str, Any]) -> nn.Module:
         """Rebuild the structure described by :meth:`method_state` on a freshly applied model."""
         return model

@@ -1,0 +1,81 @@
+"""Options of Sparse Matrix Tuning (SMT, He et al., arXiv 2405.15525); defaults follow the paper and its
+official code (HectorHHZ/Sparse_Matrix_Tuning) unless a comment says otherwise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from peftlab.config_utils import require
+from peftlab.methods.base import MethodConfig
+
+SCORES = ("mean_abs", "abs_mean", "l1", "l2")
+SELECTIONS = ("global", "per_matrix")
+BUDGET_UNITS = ("ratio", "blocks", "params")
+WARMUP_MODES = ("full", "grad_only")
+ATTENTION = ("q", "k", "v", "qkv")
+MLP = ("gate", "up", "down")
+
+
+@dataclass
+class SmtConfig(MethodConfig):
+    """SMT: warm-up → score gradient blocks → train only the selected ``block_size``² blocks.
+
+    ``lr`` is the warm-up (full fine-tuning) learning rate; ``smt_lr`` the block-training one.
+    """
+
+    lr: float = 9.65e-6  # paper: 9.65e-6 for both phases
+    smt_lr: float = 1e-4  # official code comment and Llama-2 script: 1e-4 works better for the blocks
+    targets: list[str] = field(default_factory=lambda: ["q", "k", "v"])  # attention pool; O is never eligible
+    mlp_targets: list[str] = field(default_factory=lambda: ["gate", "up", "down"])  # MLP pool (if mlp_budget)
+    warmup_steps: int = 100  # optimizer steps of warm-up before the one-shot selection
+    warmup_mode: str = "full"  # full: full FT as the official code; grad_only: sum gradients, update nothing
+    block_size: int = 256  # side of the square blocks; must divide every eligible matrix's dims
+    score: str = "mean_abs"  # |mean(block)| (official default), mean(|block|), L1 or L2 of the summed gradient
+    selection: str = "global"  # top-k over all matrices of a pool (official no_restriction) or per matrix
+    budget_unit: str = "ratio"  # ratio of blocks over ALL 2-D params (official) | blocks | params
+    budget: float = 0.0084  # attention budget (official ratio 0.0084 ≈ 0.84% trainable on LLaMA-7B)
+    mlp_budget: float | None = None  # MLP budget in the same unit; None = MLP not eligible (paper's advice)
+    pooled: bool = False  # rank attention and MLP blocks in one pool under `budget` (mlp_budget must be null)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.smt_lr > 0, f"method.smt_lr must be > 0, got {self.smt_lr}")
+        require(self.warmup_steps >= 1, f"method.warmup_steps must be >= 1 (SMT selects blocks from warm-up "
+                f"gradients), got {self.warmup_steps}")
+        require(self.warmup_mode in WARMUP_MODES, f"method.warmup_mode must be one of {WARMUP_MODES}, "
+                f"got '{self.warmup_mode}'")
+        require(self.block_size >= 1, f"method.block_size must be a positive integer, got {self.block_size}")
+        require(self.score in SCORES, f"method.score must be one of {SCORES}, got '{self.score}'")
+        require(self.selection in SELECTIONS, f"method.selection must be one of {SELECTIONS}, "
+                f"got '{self.selection}'")
+        require(self.budget_unit in BUDGET_UNITS, f"method.budget_unit must be one of {BUDGET_UNITS}, "
+                f"got '{self.budget_unit}'")
+        require("o" not in self.targets and "o" not in self.mlp_targets,
+                "SMT never tunes the attention output projection O (paper/official code); remove 'o' from targets")
+        require(len(self.targets) > 0, "method.targets is empty: SMT needs at least one attention matrix (q, k, v)")
+        bad_mlp = [t for t in self.mlp_targets if t in ATTENTION]
+        require(not bad_mlp, f"method.mlp_targets holds attention targets {bad_mlp}; put them in method.targets")
+        self._check_budget("budget", self.budget)
+        if self.mlp_budget is not None:
+            self._check_budget("mlp_budget", self.mlp_budget)
+            require(len(self.mlp_targets) > 0, "method.mlp_budget is set but method.mlp_targets is empty")
+        require(not (self.pooled and self.mlp_budget is not None),
+                "method.pooled=true ranks attention and MLP in one pool under method.budget; set mlp_budget=null")
+
+    def _check_budget(self, key: str, value: float) -> None:
+        require(value > 0, f"method.{key} must be > 0 (zero budget trains nothing), got {value}")
+        if self.budget_unit == "ratio":
+            require(value <= 1, f"method.{key} is a ratio of blocks and must be <= 1, got {value}")
+        else:
+            require(float(value).is_integer(), f"method.{key} counts {self.budget_unit} and must be an integer, "
+                    f"got {value}")
+
+    @property
+    def pool_targets(self) -> dict[str, tuple[list[str], float]]:
+        """Pool name → (logical targets, budget) ranked separately, as the official code does."""
+        if self.pooled:
+            return {"all": (list(self.targets) + list(self.mlp_targets), self.budget)}
+        pools = {"attention": (list(self.targets), self.budget)}
+        if self.mlp_budget is not None:
+            pools["mlp"] = (list(self.mlp_targets), self.mlp_budget)
+        return pools

@@ -1,0 +1,317 @@
+"""Sparse Matrix Tuning (He et al., arXiv 2405.15525; official code HectorHHZ/Sparse_Matrix_Tuning).
+
+Phases, run inside Lightning's ``fit``:
+1. warm-up (``warmup_steps`` optimizer steps): ``warmup_mode=full`` fine-tunes the whole model, as the
+   official code does, while the signed gradient of every eligible matrix (attention Q/K/V; MLP gate/up/down
+   only with an MLP budget; never O) is summed in fp32. ``grad_only`` sums the same gradients without
+   updating the backbone: each gradient is added to the sum and freed during backward, so the warm-up needs
+   no gradient or optimizer memory for the backbone (a departure, offered because the official warm-up
+   needs full-FT memory).
+2. switch (``on_train_batch_end`` at ``warmup_steps``, returns True so the module rebuilds optimizer and
+   schedule, with ``smt_lr``): blocks scored and chosen once (:mod:`.selection`), every selected matrix
+   becomes a :class:`~.layer.BlockSparseLinear`, every other parameter freezes (the task head stays
+   trainable when ``train_head``, needed for a randomly initialised classifier; the paper tunes LLMs whose
+   LM head is pretrained and frozen).
+3. block training; ``merge`` writes the blocks back into plain ``nn.Linear``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftlab.config_utils import require
+from peftlab.errors import ConfigError
+from peftlab.methods import METHODS
+from peftlab.methods.base import Method, freeze, named_targets, unfreeze_head
+from peftlab.methods.smt.config import SmtConfig
+from peftlab.methods.smt.layer import BlockSparseLinear
+from peftlab.methods.smt.selection import block_scores, budget_blocks, select_blocks
+from peftlab.models import ModelSpec
+
+
+def two_d_numel(model: nn.Module) -> int:
+    """Σ numel of every 2-D parameter (embeddings and head included), tied tensors once: the official
+    denominator of the block ratio."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if p.dim() == 2 and id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def layer_index(name: str) -> int | None:
+    """The transformer-layer number in a module name (``...layers.3.self_attn.v_proj`` → 3)."""
+    match = re.search(r"\.(\d+)\.", f".{name}.")
+    return int(match.group(1)) if match else None
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+@METHODS.register("smt")
+class SparseMatrixTuning(Method):
+    config_cls = SmtConfig
+    config: SmtConfig
+
+    def __init__(self, config: SmtConfig) -> None:
+        super().__init__(config)
+        self.phase = "warmup"
+        self.spec: ModelSpec | None = None
+        self.pools: dict[str, dict[str, nn.Linear]] = {}  # pool → {module name: linear}
+        self.budgets: dict[str, int] = {}  # pool → k blocks
+        self.grad_sums: dict[str, torch.Tensor] = {}
+        self.warmup_done = 0  # backward passes summed
+        self.switched_at: int | None = None
+        self.selection: dict[str, list[int]] = {}
+        self._hooks: list[Any] = []
+
+    # ---------------- setup ----------------
+    def eligible(self, model: nn.Module, spec: ModelSpec) -> dict[str, dict[str, nn.Linear]]:
+        """Pool → eligible linears, after checking that ``block_size`` divides each one's dims."""
+        b = self.config.block_size
+        pools: dict[str, dict[str, nn.Linear]] = {}
+        for pool, (targets, _) in self.config.pool_targets.items():
+            found = dict(named_targets(model, spec, targets))
+            bad_type = [n for n, m in found.items() if not isinstance(m, nn.Linear)]
+            require(not bad_type, f"SMT needs nn.Linear targets; {bad_type[:3]} are not")
+            for name, m in found.items():
+                if m.out_features % b or m.in_features % b:
+                    sizes = [s for s in (256, 128, 64, 32, 16, 8) if all(
+                        x.out_features % s == 0 and x.in_features % s == 0 for x in found.values())]
+                    raise ConfigError(f"method.block_size={b} does not divide {name} "
+                                      f"({m.out_features}×{m.in_features}); block sizes dividing every "
+                                      f"eligible matrix: {sizes or 'none of 256..8'}")
+            pools[pool] = found
+        return pools
+
+    def plan_budgets(self, model: nn.Module) -> dict[str, int]:
+        """Pool → number of blocks, checked against the eligible blocks of the pool."""
+        c, b = self.config, self.config.block_size
+        numel = two_d_numel(model)
+        budgets: dict[str, int] = {}
+        for pool, (_, value) in c.pool_targets.items():
+            k = budget_blocks(c.budget_unit, value, b, numel)
+            available = sum(m.weight.numel() // (b * b) for m in self.pools[pool].values())
+            key = "budget" if pool != "mlp" else "mlp_budget"
+            require(k >= 1, f"SMT {pool} budget {c.budget_unit}={value} gives 0 blocks of {b}×{b} on this model "
+                    f"({numel:,} 2-D params); raise method.{key} or lower method.block_size")
+            require(k <= available, f"SMT {pool} budget of {k} blocks ({k * b * b:,} params) exceeds the "
+                    f"{available} eligible {b}×{b} blocks of {sorted({spec_type(n) for n in self.pools[pool]})}")
+            budgets[pool] = k
+        return budgets
+
+    def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
+        self.spec = spec
+        self.pools = self.eligible(model, spec)
+        self.budgets = self.plan_budgets(model)
+        if self.config.warmup_mode == "full":
+            for p in model.parameters():
+                p.requires_grad_(True)
+        else:
+            freeze(model)
+            if self.config.train_head:
+                unfreeze_head(model, spec)
+        self._add_hooks()
+        return model
+
+    def planned_trainable(self, model: nn.Module, spec: ModelSpec) -> int:
+        """Trainable parameters after the switch: k × block_size² (+ the task head when ``train_head``)."""
+        self.spec = spec
+        self.pools = self.eligible(model, spec)
+        b = self.config.block_size
+        head = 0
+        if self.config.train_head:
+            head = sum(p.numel() for n, p in model.named_parameters()
+                       if any(spec.is_head(m) for m in _prefixes(n)))
+        return sum(self.plan_budgets(model).values()) * b * b + head
+
+    # ---------------- warm-up ----------------
+    def _add_hooks(self) -> None:
+        for pool in self.pools.values():
+            for name, m in pool.items():
+                w = m.weight
+                if self.config.warmup_mode == "full":
+                    self._hooks.append(w.register_hook(self._sum_hook(name)))
+                else:
+                    w.requires_grad_(True)
+                    self._hooks.append(w.register_post_accumulate_grad_hook(self._sum_and_free_hook(name)))
+
+    def _accumulate(self, name: str, grad: torch.Tensor) -> None:
+        if name not in self.grad_sums:
+            self.grad_sums[name] = torch.zeros(grad.shape, dtype=torch.float32, device=grad.device)
+        self.grad_sums[name].add_(grad.detach())
+
+    def _sum_hook(self, name: str) -> Any:
+        def hook(grad: torch.Tensor) -> None:
+            self._accumulate(name, grad)
+
+        return hook
+
+    def _sum_and_free_hook(self, name: str) -> Any:
+        def hook(param: torch.Tensor) -> None:
+            self._accumulate(name, param.grad)
+            param.grad = None  # grad_only: nothing updates the backbone and the gradient memory is freed now
+
+        return hook
+
+    def _remove_hooks(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def on_train_batch_end(self, model: nn.Module, step: int) -> bool:
+        if self.phase == "warmup" and step >= self.config.warmup_steps:
+            self.switch(model, step)
+            return True
+        return False
+
+    def current_lr(self) -> float:
+        return self.config.smt_lr if self.phase == "blocks" else self.config.lr
+
+    def warmup(self, model: nn.Module, batches: Any, loss_fn: Any = None) -> nn.Module:
+        """Run the warm-up outside Lightning (tests, benchmarks): ``warmup_steps`` batches from ``batches``
+        (each ``model(**batch).loss`` unless ``loss_fn(model, batch)``), AdamW at ``lr`` in full mode; then
+        switch."""
+        model.train()
+        opt = None
+        if self.config.warmup_mode == "full":
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.config.lr,
+                                    weight_decay=0.0)
+        for step, batch in zip(range(1, self.config.warmup_steps + 1), batches, strict=False):
+            loss = loss_fn(model, batch) if loss_fn else model(**batch).loss
+            loss.backward()
+            if opt is not None:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            self.warmup_done = step
+        return self.switch(model, self.warmup_done)
+
+    # ---------------- switch ----------------
+    def switch(self, model: nn.Module, step: int) -> nn.Module:
+        """Score and select blocks once; convert the selected linears; freeze everything else."""
+        c = self.config
+        missing = [n for pool in self.pools.values() for n in pool if n not in self.grad_sums]
+        require(not missing, f"SMT warm-up summed no gradient for {missing[:3]}: are they used by the forward?")
+        selection: dict[str, list[int]] = {}
+        for pool, k in self.budgets.items():
+            scores = {n: block_scores(self.grad_sums[n], c.block_size, c.score) for n in self.pools[pool]}
+            selection.update(select_blocks(scores, k, c.selection))
+        self._remove_hooks()
+        self.grad_sums = {}
+        self.switched_at = step
+        self._convert(model, selection)
+        counts = self.counts()
+        print(f"[peftlab] SMT: {sum(len(v) for v in selection.values())} blocks of {c.block_size}² selected after "
+              f"{step} warm-up steps ({c.warmup_mode}); per type {counts['per_type']}; per layer "
+              f"{counts['per_layer']}")
+        return model
+
+    def _convert(self, model: nn.Module, selection: dict[str, list[int]]) -> None:
+        for name, blocks in selection.items():
+            module = model.get_submodule(name)
+            require(isinstance(module, nn.Linear), f"SMT cannot convert {name}: not an nn.Linear")
+            _set_submodule(model, name, BlockSparseLinear(module, blocks, self.config.block_size))
+        for p in model.parameters():
+            p.requires_grad_(False)
+            p.grad = None  # warm-up gradients of now-frozen weights: free them
+        for module in model.modules():
+            if isinstance(module, BlockSparseLinear):
+                module.smt_delta.requires_grad_(True)
+        if self.config.train_head and self.spec is not None:
+            unfreeze_head(model, self.spec)
+        self.selection = {n: sorted(b) for n, b in selection.items()}
+        self.phase = "blocks"
+
+    # ---------------- record, persistence, deployment ----------------
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Selected blocks per layer, per matrix type (q/k/v/...) and per matrix."""
+        per_layer: Counter[str] = Counter()
+        per_type: Counter[str] = Counter()
+        for name, blocks in self.selection.items():
+            per_layer[str(layer_index(name))] += len(blocks)
+            per_type[spec_type(name, self.spec)] += len(blocks)
+        return {"per_layer": dict(sorted(per_layer.items(), key=lambda kv: int(kv[0]) if kv[0] != "None" else -1)),
+                "per_type": dict(sorted(per_type.items())),
+                "per_matrix": {n: len(b) for n, b in self.selection.items()}}
+
+    def method_state(self) -> dict[str, Any]:
+        """JSON-ready: phase, selection (block indices per matrix) and its counts, for checkpoints and records."""
+        state: dict[str, Any] = {"phase": self.phase, "block_size": self.config.block_size,
+                                 "budget_blocks": dict(self.budgets), "switched_at_step": self.switched_at}
+        if self.phase == "blocks":
+            state.update(selection=self.selection, counts=self.counts(),
+                         trainable_block_params=sum(map(len, self.selection.values())) * self.config.block_size**2)
+        return state
+
+    def load_method_state(self, model: nn.Module, state: dict[str, Any]) -> nn.Module:
+        if state.get("phase") != "blocks" or self.phase == "blocks":
+            return model  # a warm-up checkpoint: warm-up goes on (its gradient sum restarts from zero)
+        require(state.get("block_size") == self.config.block_size,
+                f"checkpoint used block_size {state.get('block_size')}, config says {self.config.block_size}")
+        self._remove_hooks()
+        self.grad_sums = {}
+        self.switched_at = state.get("switched_at_step")
+        self._convert(model, {n: list(b) for n, b in state["selection"].items()})
+        return model
+
+    def checkpoint_names(self, model: nn.Module) -> set[str]:
+        """``warmup_mode=full`` changed every weight before the switch (the official code keeps those 100
+        updates), so checkpoints and adapters must hold them; ``grad_only`` changed none."""
+        if self.config.warmup_mode == "full":
+            return {n for n, _ in model.named_parameters()}
+        return set()
+
+    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Block updates Δ (k, b, b) and their block coordinates per matrix, plus the trainable head; with
+        ``warmup_mode=full`` also every weight the warm-up changed (i.e. the whole model)."""
+        state = super().adapter_state_dict(model)
+        for name, p in model.named_parameters():
+            if name in self.checkpoint_names(model):
+                state[name] = p.detach().clone()
+        for name, buf in model.named_buffers():
+            if name.endswith((".smt_rows", ".smt_cols")):
+                state[name] = buf.detach().clone()
+        return state
+
+    def load_adapter_state_dict(self, model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+        """Load onto a base model with SMT applied; the block structure comes from the saved coordinates
+        when :meth:`load_method_state` did not already rebuild it."""
+        if self.phase != "blocks":
+            selection: dict[str, list[int]] = {}
+            for key, rows in state.items():
+                if key.endswith(".smt_rows"):
+                    name = key[: -len(".smt_rows")]
+                    n_cols = model.get_submodule(name).in_features // self.config.block_size
+                    selection[name] = (rows * n_cols + state[f"{name}.smt_cols"]).tolist()
+            require(bool(selection), "SMT adapter state holds no block coordinates (*.smt_rows / *.smt_cols)")
+            self._remove_hooks()
+            self._convert(model, selection)
+        return super().load_adapter_state_dict(model, state)
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        """Every block-sparse linear back to a plain ``nn.Linear`` with W₀ + Δ (official end of training)."""
+        self._remove_hooks()
+        names = [n for n, m in model.named_modules() if isinstance(m, BlockSparseLinear)]
+        for name in names:
+            _set_submodule(model, name, model.get_submodule(name).to_linear())
+        return model
+
+
+def spec_type(name: str, spec: ModelSpec | None = None) -> str:
+    """Logical matrix type (q, k, v, gate...) of a module name; the last name component without a spec."""
+    logical = spec.logical_name(name) if spec is not None else None
+    return logical or name.rsplit(".", 1)[-1]
+
+
+def _prefixes(param_name: str) -> list[str]:
+    parts = param_name.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
