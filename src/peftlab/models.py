@@ -153,5 +153,9 @@ def load_backbone(spec: ModelSpec, head: str, num_labels: int | None) -> nn.Modu
         try:
             return timm.create_model(spec.path, pretrained=spec.pretrained, num_classes=num_labels, **spec.config)
         except (OSError, RuntimeError) as err:
-            raise _unreachable("timm model", spec.path, err) from err
+            raise DataUnavailableError(
+                f"could not load timm model '{spec.path}' ({type(err).__name__}). Without network access, download "
+                f"it elsewhere (`hf download timm/{spec.path} --local-dir <dir>`), copy it here and set "
+                f"model.path=local-dir:<dir> (or fill HF_HOME's cache and set HF_HUB_OFFLINE=1)."
+            ) from err
     return load_hf(spec, head, num_labels)

@@ -182,3 +182,31 @@ def test_digits_split_like_vtab_1k() -> None:
     assert splits["test"][0][0].size == (8, 8)
     again = digit_splits(1234)
     assert [y for _, y in again["test"]] == [y for _, y in splits["test"]]
+
+
+# ---- backbone loading ----
+def test_vit_b16_offline_error_says_how_to_get_weights() -> None:
+    import huggingface_hub
+
+    from peftlab.models import ModelSpec, load_backbone
+
+    spec = ModelSpec(**compose_config(["model=vit_b16_in21k"]).model)
+    if huggingface_hub.try_to_load_from_cache(f"timm/{spec.path}", "model.safetensors"):
+        pytest.skip("ViT-B/16 weights are cached here")
+    with pytest.raises(DataUnavailableError, match=r"hf download timm/vit_base_patch16_224.orig_in21k.*local-dir:"):
+        load_backbone(spec, "image_cls", 10)
+
+
+def test_local_dir_weights_load_with_a_new_head(tmp_path: Path) -> None:
+    """The documented offline route: `hf download timm/<name> --local-dir <dir>`, then model.path=local-dir:<dir>."""
+    from timm.models import save_for_hf
+
+    from peftlab.models import ModelSpec, load_backbone
+
+    spec = ModelSpec(**compose_config(["model=tiny_vit"]).model)
+    saved = load_backbone(spec, "image_cls", 10)
+    save_for_hf(saved, tmp_path / "vit")  # what the hub repo holds: config.json + model.safetensors
+    spec.path, spec.pretrained = f"local-dir:{tmp_path / 'vit'}", True
+    loaded = load_backbone(spec, "image_cls", 7)
+    torch.testing.assert_close(loaded.blocks[0].attn.qkv.weight, saved.blocks[0].attn.qkv.weight)
+    assert loaded.head.out_features == 7
