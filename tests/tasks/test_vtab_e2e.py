@@ -20,16 +20,27 @@ FAST = ["model=tiny_vit", "logger=none", "callbacks=none", "trainer.enable_progr
 CHANCE = 10.0  # digits: 10 balanced classes
 
 
-def test_lora_on_fused_qkv_of_timm_vit() -> None:
-    """peft attaches one LoRA pair to each fused qkv Linear; count = blocks·r·(d + 3d) + head; merge is exact."""
-    cfg = compose_config([*FAST, "task=digits", "method=lora", "method.targets=[qkv]", "method.r=4"])
+D, HIDDEN = 64, 128  # conf/model/tiny_vit.yaml: embed_dim 64, mlp_ratio 2
+# LoRA pair on a Linear(d_in, d_out) holds r·(d_in + d_out) parameters
+LORA_CASES = {
+    "qkv": (r"attn\.qkv", D + 3 * D),  # the fused q,k,v projection, as NOAH's LoRA
+    "qkv,o,up,down": (r"attn\.(qkv|proj)|mlp\.fc[12]", (D + 3 * D) + (D + D) + (D + HIDDEN) + (HIDDEN + D)),
+}
+
+
+@pytest.mark.parametrize("targets", list(LORA_CASES))
+def test_lora_on_timm_vit_modules(targets: str) -> None:
+    """peft attaches one LoRA pair per targeted Linear; count = blocks·r·Σ(d_in + d_out) + head; merge is exact."""
+    cfg = compose_config([*FAST, "task=digits", "method=lora", f"method.targets=[{targets}]", "method.r=4"])
     spec, method, task = validate(cfg)
     torch.manual_seed(0)
     model = method.apply(load_backbone(spec, task.head, task.num_labels), spec)
+    pattern, per_block = LORA_CASES[targets]
     lora = sorted({n.rsplit(".lora_", 1)[0] for n, _ in model.named_parameters() if ".lora_" in n})
-    assert lora and all(re.fullmatch(r".*blocks\.\d+\.attn\.qkv", n) for n in lora)
-    d, blocks, classes = 64, 2, 10  # conf/model/tiny_vit.yaml
-    assert count_parameters(model)[0] == blocks * 4 * (d + 3 * d) + (d * classes + classes)
+    assert lora and all(re.fullmatch(rf".*blocks\.\d+\.(?:{pattern})", n) for n in lora)
+    blocks, classes = 2, 10
+    assert len(lora) == blocks * len(targets.split(","))
+    assert count_parameters(model)[0] == blocks * 4 * per_block + (D * classes + classes)
 
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():

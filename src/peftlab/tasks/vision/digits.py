@@ -30,7 +30,7 @@ def digit_splits(data_seed: int) -> dict[str, list[tuple[Image.Image, int]]]:
                                   random_state=data_seed)
 
     def items(ids: np.ndarray) -> list[tuple[Image.Image, int]]:
-        return [(Image.fromarray(pixels[i], mode="L"), int(digits.target[i])) for i in sorted(ids)]
+        return [(Image.fromarray(pixels[i]), int(digits.target[i])) for i in sorted(ids)]
 
     return {"train800": items(train), "val200": items(val), "train800val200": items(train_val), "test": items(test)}
 

@@ -70,11 +70,11 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         source, label = self.items[index]
         if isinstance(source, Image.Image):
-            image = source
+            image = source.convert("RGB")  # grey digits → 3 identical channels, as the backbone expects
         else:
             with Image.open(source) as img:
                 image = img.convert("RGB")
-        return {"pixel_values": self.transform(image.convert("RGB")), "labels": label}
+        return {"pixel_values": self.transform(image), "labels": label}
 
 
 class ImageClassificationTask(Task):
