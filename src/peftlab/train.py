@@ -110,6 +110,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "trainable_pct": 100.0 * trainable_before / total,
                 "method": module.method.extra_counts(module.model)},
         train_head=module.method.config.train_head,
+        method_state=module.method.method_state(),  # e.g. SMT's selected blocks per layer and matrix type
         wall_time_s=time.time() - start,
         global_steps=trainer.global_step,
         memory=results.peak_memory(),
