@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SETTINGS: list[dict[str, Any]] = [
     {"label": "full FT", "method": "full", "overrides": {}},
     {"label": "LoRA r=8 (q,v)", "method": "lora", "overrides": {"r": 8, "targets": ["q", "v"]}},
+    {"label": "CapaBoost-LoRA r=8 (q,v), d=2, density 0.5", "method": "capaboost_lora",
+     "overrides": {"r": 8, "targets": ["q", "v"], "d": 2, "density": 0.5, "mask_seed": 0}},
     {"label": "SMT (q,k,v), LoRA budget", "method": "smt",
      "overrides": {"block_size": 64, "budget_unit": "params", "budget": "{lora_params}", "warmup_steps": 2,
                    "warmup_mode": "grad_only"}},

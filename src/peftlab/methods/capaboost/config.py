@@ -23,6 +23,7 @@ class CapaBoostConfig(MethodConfig):
         super().__post_init__()
         require(isinstance(self.d, int) and self.d >= 1,
                 f"method.d (number of masked copies) must be an integer >= 1, got {self.d}")
+        require(isinstance(self.mask_seed, int), f"method.mask_seed must be an integer, got {self.mask_seed!r}")
         require(0.0 < self.density <= 1.0, f"method.density must be in (0, 1], got {self.density}")
         nm = parse_pattern(self.mask_pattern)
         if nm is not None:
