@@ -29,7 +29,8 @@ def tokenizer() -> Any:
 
 @pytest.fixture(scope="module")
 def examples() -> datasets.Dataset:
-    return make_squad_dataset(60, seed=7, unanswerable_ratio=0.3, multi_gold=True, split="dev")
+    return make_squad_dataset(60, seed=7, unanswerable_ratio=0.3, multi_gold=True, split="dev", max_facts=24,
+                              max_fillers=12)  # long contexts: several 96-token windows
 
 
 @pytest.fixture(scope="module")

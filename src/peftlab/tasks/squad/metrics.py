@@ -28,8 +28,6 @@ import string
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
-from torchmetrics.text import SQuAD
-
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 
@@ -68,6 +66,8 @@ def squad_v1(predictions: Mapping[str, str], references: Mapping[str, Sequence[s
     missing = sorted(set(references) - set(predictions))
     if missing:
         raise KeyError(f"no prediction for {len(missing)} question(s), e.g. {missing[:3]}")
+    from torchmetrics.text import SQuAD  # imported here: torchmetrics is slow to import for the other tasks
+
     metric = SQuAD()
     preds = [{"id": qid, "prediction_text": predictions[qid]} for qid in references]
     target = [{"id": qid, "answers": {"text": list(texts), "answer_start": [0] * len(texts)}}

@@ -101,8 +101,8 @@ def _unanswerable(rng: random.Random, facts: list[dict[str, Any]], buildings: li
     return f"When did the {rng.choice(missing)} open?" if missing else None
 
 
-def make_squad(n: int, seed: int, unanswerable_ratio: float = 0.0, min_facts: int = 3, max_facts: int = 24,
-               max_fillers: int = 12, multi_gold: bool = False, split: str = "train") -> dict[str, list]:
+def make_squad(n: int, seed: int, unanswerable_ratio: float = 0.0, min_facts: int = 2, max_facts: int = 10,
+               max_fillers: int = 4, multi_gold: bool = False, split: str = "train") -> dict[str, list]:
     """``n`` questions in the SQuAD schema (column → values); depends only on the arguments."""
     rng = random.Random(seed)
     rows: dict[str, list] = {"id": [], "title": [], "context": [], "question": [], "answers": []}

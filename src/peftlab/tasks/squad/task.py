@@ -167,13 +167,15 @@ class SquadTask(Task):
 @dataclass
 class SyntheticSquadConfig(SquadConfig):
     dataset: str = "generated"
-    num_train: int = 800
-    num_validation: int = 200
+    num_train: int = 400
+    num_validation: int = 100
     data_seed: int = 1234
     unanswerable_ratio: float = 0.0  # fraction of unanswerable questions (needs version_2_with_negative)
-    min_facts: int = 3  # facts per context: more facts → longer contexts → more windows
-    max_facts: int = 24
-    max_fillers: int = 12  # filler sentences per context
+    min_facts: int = 2  # facts per context: more facts → longer contexts → more windows
+    max_facts: int = 10
+    max_fillers: int = 4  # filler sentences per context
+    max_seq_length: int = 64  # CPU-sized windows; contexts still need several
+    doc_stride: int = 24
 
     def __post_init__(self) -> None:
         super().__post_init__()
