@@ -3,7 +3,7 @@
 Byte-level, so any text round-trips (like LLaMA's byte-fallback tokenizer), with LLaMA's special-token
 layout: ``<unk>``=0 (also the pad token, as LLM-Adapters sets ``pad_token_id = 0``), ``<s>``=1 (BOS,
 prepended), ``</s>``=2 (EOS). Merges are learned from the two prompt templates filled with the
-synthetic records, so a prompt is ~100 tokens instead of ~400 bytes.
+synthetic records, so a prompt is ~60 tokens instead of ~350 bytes.
 
 The result is shipped in ``tiny_llama/`` next to this file (a few tens of KB) and loads with
 ``transformers.AutoTokenizer``. Rebuild it with ``python -m peftlab.tasks.commonsense.tiny_tokenizer``.
@@ -36,10 +36,11 @@ def corpus(n: int = 800, seed: int = 0) -> list[str]:
 def build(out_dir: Path, vocab_size: int = VOCAB_SIZE) -> Path:
     """Train the BPE and save a transformers-loadable tokenizer directory at ``out_dir``."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    # whitespace runs, words and punctuation are separate pre-tokens, so the prompt alone ("... ### Response:\n"
-    # + 16 spaces) and prompt + answer share their token prefix and the eval prompt ends on a token seen in training
+    # a word or punctuation run takes at most ONE leading space; other whitespace runs are their own pre-token,
+    # so the prompt alone ("... ### Response:\n" + 16 spaces) and prompt + answer share their token prefix:
+    # the eval prompt ends on a token seen in training and the label mask falls exactly on the response
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(r"\s+|\w+|[^\w\s]+"), behavior="isolated"),
+        pre_tokenizers.Split(Regex(r" ?\w+| ?[^\w\s]+|\s+"), behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tok.decoder = decoders.ByteLevel()
