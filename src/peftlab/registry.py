@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar
 
+from peftlab.config_utils import build_dataclass, to_dict
 from peftlab.errors import ConfigError
 
 T = TypeVar("T")
@@ -53,3 +54,9 @@ class Registry(Generic[T]):
         if name not in self._items:
             raise ConfigError(f"unknown {self.kind} '{name}'; valid {self.kind}s: {', '.join(self.names())}")
         return self._items[name]
+
+    def build(self, cfg: Mapping[str, Any], key: str) -> Any:
+        """``cls(cls.config_cls(**cfg))`` for the class named by ``cfg[key]``; the config validates itself."""
+        values = to_dict(cfg)
+        cls = self.get(str(values.get(key)))
+        return cls(build_dataclass(cls.config_cls, values, f"{self.kind} '{values.get('name')}'"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from peftlab.config_utils import build_dataclass, to_dict
 from peftlab.registry import Registry
 from peftlab.tasks.base import Task, TaskConfig
 
@@ -18,9 +17,7 @@ TASKS: Registry[type[Task]] = Registry("task family", __name__)
 
 def build_task(cfg: Mapping[str, Any]) -> Task:
     """The task described by ``cfg`` with its config validated."""
-    values = to_dict(cfg)
-    cls = TASKS.get(str(values.get("family")))
-    return cls(build_dataclass(cls.config_cls, values, f"task '{values.get('name')}'"))
+    return TASKS.build(cfg, "family")
 
 
 __all__ = ["TASKS", "Task", "TaskConfig", "build_task"]

@@ -26,6 +26,7 @@ class TaskConfig:
 
     family: str  # registry name of the task class (glue, synthetic, squad, vtab, commonsense ...)
     name: str  # the task's own name (rte, squad_v2, cifar ...)
+    main_metric: str = "accuracy"  # the metric papers report (checkpoint selection and sweeps use it)
     batch_size: int = 32
     eval_batch_size: int = 64
     epochs: int = 3
@@ -65,8 +66,8 @@ class Task:
 
     @property
     def main_metric(self) -> str:
-        """The metric papers report for this task (checkpoint selection monitors it)."""
-        raise NotImplementedError
+        """The metric papers report for this task (``task.main_metric``)."""
+        return self.config.main_metric
 
     def setup(self, preprocessor: Any, seed: int) -> None:
         """Load and preprocess every split (``preprocessor``: tokenizer or image transform)."""

@@ -58,10 +58,6 @@ class GlueTask(Task):
     def num_labels(self) -> int:
         return self.config.num_labels
 
-    @property
-    def main_metric(self) -> str:
-        return self.config.main_metric
-
     def load_raw(self, split: str) -> datasets.Dataset:
         """The raw split (GLUE schema: text fields + ``label``)."""
         c = self.config

@@ -82,10 +82,6 @@ class CommonsenseTask(Task):
     def head(self) -> str:
         return "causal_lm"
 
-    @property
-    def main_metric(self) -> str:
-        return self.config.main_metric
-
     # ---- data ----
     def train_records(self, seed: int) -> list[dict[str, str]]:
         return data.load_records(self.config.train_file)

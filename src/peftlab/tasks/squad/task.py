@@ -67,10 +67,6 @@ class SquadTask(Task):
     def head(self) -> str:
         return "qa_span"
 
-    @property
-    def main_metric(self) -> str:
-        return self.config.main_metric
-
     def load_raw(self, split: str) -> datasets.Dataset:
         """The raw split in the SQuAD schema (id, title, context, question, answers{text, answer_start})."""
         c = self.config

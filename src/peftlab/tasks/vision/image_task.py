@@ -90,10 +90,6 @@ class ImageClassificationTask(Task):
     def num_labels(self) -> int:
         return self.config.num_classes
 
-    @property
-    def main_metric(self) -> str:
-        return self.config.main_metric
-
     def load_items(self, split: str, seed: int) -> list[Item]:
         """The ``(image, label)`` pairs of ``split`` (one of train, validation, test)."""
         raise NotImplementedError
