@@ -27,8 +27,9 @@ import copy
 import dataclasses
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -50,6 +51,7 @@ class Budget:
     total: int  # what the run record's params.total holds (the model as trained)
     base_total: int  # the backbone alone (the papers' denominator)
     head: str  # the task head the backbone was built with
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific counts (Method.extra_counts)
 
     @property
     def pct_of_total(self) -> float:
@@ -105,10 +107,12 @@ def count(cfg: DictConfig, base: nn.Module | None = None) -> Budget:
     base_total = count_parameters(base)[1]
     planned = getattr(method, "planned_trainable", None)
     planned_count = int(planned(base, spec)) if callable(planned) else None
+    applied = build_method(cfg.method)
     with torch.device("meta"):
-        model = build_method(cfg.method).apply(copy.deepcopy(base), spec)
+        model = applied.apply(copy.deepcopy(base), spec)
     trainable, total = count_parameters(model)
-    return Budget(planned_count if planned_count is not None else trainable, total, base_total, task.head)
+    return Budget(planned_count if planned_count is not None else trainable, total, base_total, task.head,
+                  applied.extra_counts(model))
 
 
 def parse_count(text: str, base_total: int) -> float:
@@ -153,7 +157,8 @@ def solve(overrides: list[str], key: str, target: float, max_value: int = 1 << 2
 def describe(cfg: DictConfig, b: Budget) -> str:
     return (f"model={cfg.model.name} method={cfg.method.name} task={cfg.task.name} (head {b.head}): "
             f"trainable {b.trainable:,} / total {b.total:,} ({b.pct_of_total:.4f}%); "
-            f"of the base model's {b.base_total:,}: {b.pct_of_base:.4f}%")
+            f"of the base model's {b.base_total:,}: {b.pct_of_base:.4f}%"
+            + "".join(f"; {k} {v:,}" for k, v in b.extra.items() if isinstance(v, int) and k != "mask_seed"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -94,3 +94,13 @@ def test_parse_count() -> None:
     assert parse_count("0.5%", 1000) == 5
     with pytest.raises(ValueError, match="cannot read"):
         parse_count("lots", 10)
+
+
+def test_capaboost_reports_stored_and_expected_gradient_receiving_counts() -> None:
+    # DeBERTaV3-base, q and v (12 layers × 2 × r·(768 + 768)), head frozen: stored = plain LoRA r=8
+    lora = count(compose(["model=deberta_v3_base", "method=lora", "method.train_head=false"]))
+    boost = count(compose(["model=deberta_v3_base", "method=capaboost_lora", "method.train_head=false"]))
+    masked = 12 * 2 * 8 * (768 + 768)
+    assert boost.trainable == boost.extra["stored"] == lora.trainable == masked
+    # d = 2 copies at density 0.5 reach 1 - (1 - 0.5)^2 = 75% of the masked weights (in expectation)
+    assert boost.extra["receives_gradient_expected"] == round(0.75 * masked)

@@ -56,13 +56,17 @@ class CapaBoostMethod(Method):
         tied_params = {id(m.weight) for m in tied}
         others = sum(p.numel() for p in model.parameters() if p.requires_grad and id(p) not in tied_params)
         stored = sum(m.weight.numel() for m in tied)
+        fraction = union_fraction(self.config.density, self.config.d)
+        if any(m.weight.is_meta for m in tied):  # budget calculator: shapes only, so the expected union
+            return {"stored": stored + others, "receives_gradient_expected": others + round(stored * fraction),
+                    "expected_union_fraction": fraction, "mask_seed": self.config.mask_seed}
         reached = sum(int(m.union_mask().sum()) for m in tied)
         return {
             "stored": stored + others,
             "receives_gradient": reached + others,
             "masked_weights": stored,
             "masked_weights_receiving_gradient": reached,
-            "expected_union_fraction": union_fraction(self.config.density, self.config.d),
+            "expected_union_fraction": fraction,
             "mask_seed": self.config.mask_seed,
         }
 
