@@ -42,6 +42,20 @@ class TaskConfig:
             require(value is None or value > 0, f"task.{key} must be > 0 or null, got {value}")
 
 
+@dataclass(kw_only=True)
+class GeneratedDataConfig:
+    """Mixin for the data sets peftlab generates (offline demos and tests, never benchmarks): sizes and a
+    ``data_seed`` independent of the training seed, so every run of a sweep sees the same examples."""
+
+    num_train: int = 1000
+    num_validation: int = 300
+    data_seed: int = 1234
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # type: ignore[misc]  # the task config this is mixed into
+        require(self.num_train > 0 and self.num_validation > 0, "task.num_train and task.num_validation must be > 0")
+
+
 class Task:
     """Base class; subclasses are registered with ``@TASKS.register("<family>")``."""
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import datasets
 
-from peftlab.config_utils import require
 from peftlab.tasks import TASKS
+from peftlab.tasks.base import GeneratedDataConfig
 from peftlab.tasks.glue import GlueConfig, GlueTask
 
 NAMES = ["Anna", "Ben", "Chloe", "David", "Emma", "Farid", "Grace", "Hugo", "Ines", "Jack", "Kira", "Liam"]
@@ -53,15 +53,8 @@ def make_pairs(n: int, seed: int) -> dict[str, list]:
 
 
 @dataclass
-class SyntheticPairsConfig(GlueConfig):
+class SyntheticPairsConfig(GeneratedDataConfig, GlueConfig):
     dataset: str = "generated"
-    num_train: int = 1000
-    num_validation: int = 300
-    data_seed: int = 1234
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.num_train > 0 and self.num_validation > 0, "task.num_train and num_validation must be > 0")
 
 
 @TASKS.register("synthetic_pairs")

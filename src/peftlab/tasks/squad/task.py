@@ -19,7 +19,7 @@ from torch import nn
 
 from peftlab.config_utils import require
 from peftlab.tasks import TASKS
-from peftlab.tasks.base import SPLITS, Task, TaskConfig
+from peftlab.tasks.base import SPLITS, GeneratedDataConfig, Task, TaskConfig
 from peftlab.tasks.hub import load_hf_dataset
 from peftlab.tasks.squad import metrics
 from peftlab.tasks.squad.postprocess import postprocess
@@ -161,11 +161,10 @@ class SquadTask(Task):
 
 
 @dataclass
-class SyntheticSquadConfig(SquadConfig):
+class SyntheticSquadConfig(GeneratedDataConfig, SquadConfig):
     dataset: str = "generated"
     num_train: int = 400
     num_validation: int = 100
-    data_seed: int = 1234
     unanswerable_ratio: float = 0.0  # fraction of unanswerable questions (needs version_2_with_negative)
     min_facts: int = 2  # facts per context: more facts → longer contexts → more windows
     max_facts: int = 10
@@ -175,7 +174,6 @@ class SyntheticSquadConfig(SquadConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.num_train > 0 and self.num_validation > 0, "task.num_train and num_validation must be > 0")
         require(0.0 <= self.unanswerable_ratio < 1.0,
                 f"task.unanswerable_ratio must be in [0, 1), got {self.unanswerable_ratio}")
         require(self.unanswerable_ratio == 0.0 or self.version_2_with_negative,
