@@ -102,10 +102,12 @@ def _head_kwargs(head: str, num_labels: int | None) -> dict[str, Any]:
     return {}
 
 
-def _unreachable(what: str, path: str, err: Exception) -> DataUnavailableError:
+def _unreachable(what: str, path: str, err: Exception, hub_id: str | None = None,
+                 local: str = "<dir>") -> DataUnavailableError:
+    """The one-line offline error: what failed, how to fetch it (``hub_id``) and how to point to it (``local``)."""
     return DataUnavailableError(
         f"could not load {what} '{path}' ({type(err).__name__}). Without network access, download it "
-        f"elsewhere (`hf download {path} --local-dir <dir>`), copy it here and set model.path=<dir> "
+        f"elsewhere (`hf download {hub_id or path} --local-dir <dir>`), copy it here and set model.path={local} "
         f"(or fill HF_HOME's cache and set HF_HUB_OFFLINE=1)."
     )
 
@@ -153,9 +155,16 @@ def load_backbone(spec: ModelSpec, head: str, num_labels: int | None) -> nn.Modu
         try:
             return timm.create_model(spec.path, pretrained=spec.pretrained, num_classes=num_labels, **spec.config)
         except (OSError, RuntimeError) as err:
-            raise DataUnavailableError(
-                f"could not load timm model '{spec.path}' ({type(err).__name__}). Without network access, download "
-                f"it elsewhere (`hf download timm/{spec.path} --local-dir <dir>`), copy it here and set "
-                f"model.path=local-dir:<dir> (or fill HF_HOME's cache and set HF_HUB_OFFLINE=1)."
-            ) from err
+            hub_id, local = f"timm/{spec.path}", "local-dir:<dir>"
+            raise _unreachable("timm model", spec.path, err, hub_id=hub_id, local=local) from err
     return load_hf(spec, head, num_labels)
+
+
+def load_preprocessor(spec: ModelSpec, model: nn.Module) -> Any:
+    """What a task prepares its inputs with: the tokenizer, or for timm the backbone's data config
+    (input size, interpolation, mean/std)."""
+    if spec.source == "timm":
+        import timm
+
+        return timm.data.resolve_model_data_config(model)
+    return load_tokenizer(spec)

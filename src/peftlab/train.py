@@ -19,7 +19,7 @@ from peftlab.config_utils import build_dataclass, require, to_dict
 from peftlab.data import TaskDataModule
 from peftlab.methods import Method, build_method
 from peftlab.methods.base import count_parameters
-from peftlab.models import ModelSpec, load_backbone, load_tokenizer
+from peftlab.models import ModelSpec, load_backbone, load_preprocessor
 from peftlab.module import PeftModule
 from peftlab.tasks import Task, build_task
 
@@ -43,12 +43,8 @@ def build(cfg: DictConfig) -> tuple[PeftModule, TaskDataModule, ModelSpec]:
     """Validated parts → a ready LightningModule and DataModule (seeds first)."""
     spec, method, task = validate(cfg)
     pl.seed_everything(cfg.seed, workers=True)
-    preprocessor = load_tokenizer(spec) if spec.source != "timm" else None
     model = load_backbone(spec, task.head, task.num_labels)
-    if preprocessor is None:  # timm: the backbone's input size, interpolation and mean/std
-        import timm
-
-        preprocessor = timm.data.resolve_model_data_config(model)
+    preprocessor = load_preprocessor(spec, model)
     model = method.apply(model, spec)
     trainable, total = count_parameters(model)
     print(f"[peftlab] method={method.name} model={spec.name} task={task.name}: "
