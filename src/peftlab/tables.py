@@ -1,0 +1,297 @@
+"""Paper tables from run records: load and check records, aggregate seeds, join the papers' numbers.
+
+A run's table cell (design fixed for issue 9): table = ``config.table.name``, row = ``config.table.row``,
+column = ``record["task"]``, seed = ``record["seed"]``, value = ``metrics["test/" + main_metric]``. A task that
+scores several evaluation sets in one run (commonsense: ``config.task.eval_sets``, metrics
+``test/accuracy/<set>``) gives one column per set instead, as the papers lay those tables out.
+
+Only ``complete`` records are results; ``running``/``failed`` ones are listed, never used; a file that is not a
+valid record (bad JSON, or ``complete`` but missing what a cell needs) is refused with the reason, never used.
+Rendering lives in :mod:`peftlab.table_render`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftlab.errors import ConfigError
+
+STATUSES = ("running", "complete", "failed")
+PAPER_COLUMNS = ("table", "row", "task", "metric", "value", "paper", "arxiv", "source_table", "version", "note")
+CITATION_COLUMNS = ("paper", "arxiv", "source_table", "version")
+AVERAGE = "average"  # plain mean over the table's task columns
+GROUP_AVERAGE = "average_groups"  # mean of the group means (VTAB-1k convention of VPT/SPT/NOAH tables)
+PARAMS_PCT = "trainable_pct"  # a paper CSV's reported trainable-parameter % of a row (not a task)
+
+# VTAB-1k groups (protocols.md §4.1), by our task names (conf/task/vtab/*.yaml).
+VTAB_GROUPS: dict[str, tuple[str, ...]] = {
+    "natural": ("vtab_cifar", "vtab_caltech101", "vtab_dtd", "vtab_oxford_flowers102", "vtab_oxford_iiit_pet",
+                "vtab_svhn", "vtab_sun397"),
+    "specialized": ("vtab_patch_camelyon", "vtab_eurosat", "vtab_resisc45", "vtab_diabetic_retinopathy"),
+    "structured": ("vtab_clevr_count", "vtab_clevr_dist", "vtab_dmlab", "vtab_kitti", "vtab_dsprites_loc",
+                   "vtab_dsprites_ori", "vtab_smallnorb_azi", "vtab_smallnorb_ele"),
+}
+
+
+@dataclass
+class Records:
+    """Record files of a runs directory, sorted into results, non-results and refusals."""
+
+    complete: list[dict[str, Any]] = field(default_factory=list)  # each with "_path"
+    incomplete: list[Path] = field(default_factory=list)  # status running/failed
+    refused: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
+
+    def commits(self) -> list[str]:
+        """Distinct git commits (``+dirty`` when the tree had changes) of the complete records."""
+        out = set()
+        for r in self.complete:
+            git = r.get("git") or {}
+            out.add(f"{git.get('commit') or 'unknown'}{'+dirty' if git.get('dirty') else ''}")
+        return sorted(out)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _problem(record: Any) -> str | None:
+    """Why a ``complete`` record cannot give a table cell, or None when it can."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [k for k in ("task", "seed", "main_metric", "metrics", "params", "config") if k not in record]
+    if missing:
+        return f"complete but missing field(s) {missing}"
+    if not isinstance(record["seed"], int) or isinstance(record["seed"], bool):
+        return f"seed must be an integer, got {record['seed']!r}"
+    metrics, params = record["metrics"], record["params"]
+    if not isinstance(metrics, dict) or not isinstance(params, dict) or not isinstance(record["config"], dict):
+        return "metrics, params and config must be JSON objects"
+    for key in _metric_keys(record):
+        if not _is_number(metrics.get(key)):
+            return f"complete but metric '{key}' is missing or not a number"
+    for key in ("trainable", "trainable_pct"):
+        if not _is_number(params.get(key)):
+            return f"complete but params['{key}'] is missing or not a number"
+    table = record["config"].get("table")
+    if table is not None and not (isinstance(table, dict) and all(isinstance(table.get(k), str) and table[k]
+                                                                     for k in ("name", "row"))):
+        return f"config.table must have non-empty string 'name' and 'row', got {table!r}"
+    return None
+
+
+def _eval_sets(record: dict[str, Any]) -> list[str]:
+    task_cfg = record.get("config", {}).get("task") or {}
+    sets = task_cfg.get("eval_sets") if isinstance(task_cfg, dict) else None
+    return [str(s) for s in sets] if isinstance(sets, list) else []
+
+
+def _metric_keys(record: dict[str, Any]) -> list[str]:
+    """The test metrics a record's cells read: one per evaluation set, else the main metric."""
+    sets = _eval_sets(record)
+    if sets:
+        return [f"test/accuracy/{s}" for s in sets]
+    return [f"test/{record['main_metric']}"]
+
+
+def load_records(runs_dir: str | Path) -> Records:
+    """Read every ``*.json`` record under ``runs_dir`` (recursively; hidden temp files skipped).
+
+    Raises:
+        ConfigError: ``runs_dir`` does not exist.
+    """
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise ConfigError(f"runs directory '{root}' does not exist (runs write records under paths.results_dir)")
+    out = Records()
+    for path in sorted(p for p in root.rglob("*.json") if not p.name.startswith(".")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            out.refused.append((path, f"not a readable JSON record ({err})"))
+            continue
+        status = record.get("status") if isinstance(record, dict) else None
+        if status not in STATUSES:
+            out.refused.append((path, f"status must be one of {list(STATUSES)}, got {status!r}"))
+        elif status != "complete":
+            out.incomplete.append(path)
+        elif (why := _problem(record)) is not None:
+            out.refused.append((path, why))
+        else:
+            out.complete.append({**record, "_path": str(path)})
+    return out
+
+
+def cell_key(record: dict[str, Any]) -> tuple[str, str, str, int]:
+    """``(table, row, task, seed)`` of a run; a run outside any table gets table ``""`` and row = its method."""
+    table = record.get("config", {}).get("table") or {}
+    return (str(table.get("name", "")), str(table.get("row", record.get("method", ""))),
+            str(record["task"]), int(record["seed"]))
+
+
+def record_values(record: dict[str, Any]) -> dict[str, float]:
+    """Column → value of one complete record (one column per evaluation set for multi-set tasks)."""
+    sets = _eval_sets(record)
+    if sets:
+        return {s: float(record["metrics"][f"test/accuracy/{s}"]) for s in sets}
+    return {str(record["task"]): float(record["metrics"][f"test/{record['main_metric']}"])}
+
+
+# ---------------------------------------------------------------------------------------------------- aggregation
+@dataclass
+class Cell:
+    """Our result for one (row, column): statistics over seeds."""
+
+    values: dict[int, float]  # seed → value
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values.values())
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation (ddof=1) over seeds; None for a single seed."""
+        return statistics.stdev(self.values.values()) if self.n > 1 else None
+
+
+@dataclass
+class TableData:
+    """One table's aggregated results: rows × columns of cells (absent = missing run)."""
+
+    name: str
+    rows: list[str]
+    columns: list[str]
+    cells: dict[tuple[str, str], Cell]
+    trainable: dict[str, list[tuple[int, float]]]  # row → (trainable count, % of model) per run
+    records: list[dict[str, Any]]  # the records used
+    superseded: list[str] = field(default_factory=list)  # older duplicates of a (row, task, seed), not used
+    averages: dict[tuple[str, str], Cell] = field(default_factory=dict)  # (row, AVERAGE|GROUP_AVERAGE) → cell
+
+    @property
+    def average_names(self) -> list[str]:
+        return [a for a in (GROUP_AVERAGE, AVERAGE) if any(k[1] == a for k in self.averages)] or (
+            [GROUP_AVERAGE, AVERAGE] if vtab_groups(self.columns) else [AVERAGE])
+
+
+def vtab_groups(columns: Sequence[str]) -> dict[str, list[str]]:
+    """VTAB group → its columns present, when every column is a VTAB-1k task; else ``{}``."""
+    if not columns or not all(any(c in g for g in VTAB_GROUPS.values()) for c in columns):
+        return {}
+    return {name: [c for c in tasks if c in columns] for name, tasks in VTAB_GROUPS.items()}
+
+
+def _average_cells(row: str, columns: list[str], cells: dict[tuple[str, str], Cell]) -> dict[str, Cell]:
+    """Per-seed averages over all columns, only for seeds that have every column (else the average is missing).
+
+    ``AVERAGE`` is the plain mean over the columns (commonsense/GLUE convention; VTAB "Mean19");
+    VTAB tables also get ``GROUP_AVERAGE``, the mean of the three group means (VPT/SPT convention).
+    """
+    seed_sets = [set(cells[(row, c)].values) if (row, c) in cells else set() for c in columns]
+    seeds = sorted(set.intersection(*seed_sets)) if seed_sets else []
+    if not seeds:
+        return {}
+    groups = vtab_groups(columns)
+    plain: dict[int, float] = {}
+    grouped: dict[int, float] = {}
+    for s in seeds:
+        plain[s] = statistics.fmean(cells[(row, c)].values[s] for c in columns)
+        if groups:
+            grouped[s] = statistics.fmean(statistics.fmean(cells[(row, c)].values[s] for c in g)
+                                          for g in groups.values() if g)
+    out = {AVERAGE: Cell(plain)}
+    if groups:
+        out[GROUP_AVERAGE] = Cell(grouped)
+    return out
+
+
+def aggregate(records: Iterable[dict[str, Any]], table: str, columns: Sequence[str] = (),
+              rows: Sequence[str] = ()) -> TableData:
+    """Aggregate the complete records of ``table`` into cells (mean, sample std, n over seeds).
+
+    ``columns``/``rows`` fix the order and make expected cells visible as missing (e.g. from the paper's CSV);
+    columns and rows seen only in the records are appended. A (row, task, seed) run twice keeps the newest
+    record (by ``finished``); the older ones are listed in ``superseded``.
+    """
+    newest: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    superseded: list[str] = []
+    for rec in sorted((r for r in records if cell_key(r)[0] == table), key=lambda r: str(r.get("finished", ""))):
+        key = cell_key(rec)
+        if key in newest:
+            superseded.append(newest[key]["_path"])
+        newest[key] = rec
+    used = list(newest.values())
+    cols, row_names = list(columns), list(rows)
+    values: dict[tuple[str, str], dict[int, float]] = {}
+    trainable: dict[str, list[tuple[int, float]]] = {}
+    for rec in used:
+        _, row, _, seed = cell_key(rec)
+        if row not in row_names:
+            row_names.append(row)
+        trainable.setdefault(row, []).append((int(rec["params"]["trainable"]), float(rec["params"]["trainable_pct"])))
+        for col, value in record_values(rec).items():
+            if col not in cols:
+                cols.append(col)
+            values.setdefault((row, col), {})[seed] = value
+    cells = {k: Cell(v) for k, v in values.items()}
+    data = TableData(table, row_names, cols, cells, trainable, used, superseded)
+    for row in row_names:
+        for name, cell in _average_cells(row, cols, cells).items():
+            data.averages[(row, name)] = cell
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------- paper numbers
+@dataclass(frozen=True)
+class PaperValue:
+    """One number a paper reports, with where it comes from."""
+
+    value: float
+    metric: str
+    citation: str  # "paper (arXiv id) source_table, version"
+    note: str = ""
+
+
+def load_paper_numbers(path: str | Path, table: str | None = None) -> dict[tuple[str, str, str], PaperValue]:
+    """``(table, row, task) → PaperValue`` from a ``results/paper_numbers`` CSV (optionally one table only).
+
+    Raises:
+        ConfigError: missing file or columns, an uncited row, a non-numeric value, or a duplicate (table, row, task);
+            the message names the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"paper numbers file '{path}' does not exist")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in PAPER_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ConfigError(f"{path}: missing column(s) {missing}; required: {list(PAPER_COLUMNS)}")
+        out: dict[tuple[str, str, str], PaperValue] = {}
+        for line, row in enumerate(reader, start=2):
+            where = f"{path}:{line}"
+            uncited = [c for c in ("table", "row", "task", "metric", *CITATION_COLUMNS) if not (row[c] or "").strip()]
+            if uncited:
+                raise ConfigError(f"{where}: empty {uncited}; every paper number needs its cell and its citation")
+            try:
+                value = float(row["value"])
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: value {row['value']!r} is not a number") from None
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: value {row['value']!r} is not finite")
+            key = (row["table"], row["row"], row["task"])
+            if key in out:
+                raise ConfigError(f"{where}: duplicate (table, row, task) {key}")
+            if table is None or row["table"] == table:
+                cite = f"{row['paper']} (arXiv {row['arxiv']}) {row['source_table']}, {row['version']}"
+                out[key] = PaperValue(value, row["metric"], cite, row["note"] or "")
+    return out
