@@ -28,6 +28,7 @@ from peftlab.config_utils import require
 from peftlab.errors import ConfigError
 from peftlab.methods import METHODS
 from peftlab.methods.base import Method, freeze, named_targets, unfreeze_head
+from peftlab.methods.grad_probe import sum_gradients
 from peftlab.methods.smt.config import SmtConfig
 from peftlab.methods.smt.layer import BlockSparseLinear
 from peftlab.methods.smt.selection import block_scores, budget_blocks, select_blocks
@@ -136,32 +137,12 @@ class SparseMatrixTuning(Method):
 
     # ---------------- warm-up ----------------
     def _add_hooks(self) -> None:
-        for pool in self.pools.values():
-            for name, m in pool.items():
-                w = m.weight
-                if self.config.warmup_mode == "full":
-                    self._hooks.append(w.register_hook(self._sum_hook(name)))
-                else:
-                    w.requires_grad_(True)
-                    self._hooks.append(w.register_post_accumulate_grad_hook(self._sum_and_free_hook(name)))
-
-    def _accumulate(self, name: str, grad: torch.Tensor) -> None:
-        if name not in self.grad_sums:
-            self.grad_sums[name] = torch.zeros(grad.shape, dtype=torch.float32, device=grad.device)
-        self.grad_sums[name].add_(grad.detach())
-
-    def _sum_hook(self, name: str) -> Any:
-        def hook(grad: torch.Tensor) -> None:
-            self._accumulate(name, grad)
-
-        return hook
-
-    def _sum_and_free_hook(self, name: str) -> Any:
-        def hook(param: torch.Tensor) -> None:
-            self._accumulate(name, param.grad)
-            param.grad = None  # grad_only: nothing updates the backbone and the gradient memory is freed now
-
-        return hook
+        weights = {name: m.weight for pool in self.pools.values() for name, m in pool.items()}
+        grad_only = self.config.warmup_mode != "full"
+        for w in weights.values():
+            w.requires_grad_(w.requires_grad or grad_only)
+        # grad_only: nothing updates the backbone and each gradient is freed as soon as it is summed
+        self._hooks = sum_gradients(weights, self.grad_sums, free=grad_only)
 
     def _remove_hooks(self) -> None:
         for h in self._hooks:
