@@ -9,7 +9,7 @@ from peftlab.config_utils import require
 from peftlab.methods.base import MethodConfig
 
 SCORES = ("mean_abs", "abs_mean", "l1", "l2")
-SELECTIONS = ("global", "per_matrix")
+SELECTIONS = ("global", "per_matrix", "random")
 BUDGET_UNITS = ("ratio", "blocks", "params")
 WARMUP_MODES = ("full", "grad_only")
 ATTENTION = ("q", "k", "v", "qkv")
@@ -31,7 +31,8 @@ class SmtConfig(MethodConfig):
     warmup_mode: str = "full"  # full: full FT as the official code; grad_only: sum gradients, update nothing
     block_size: int = 256  # side of the square blocks; must divide every eligible matrix's dims
     score: str = "mean_abs"  # |mean(block)| (official default), mean(|block|), L1 or L2 of the summed gradient
-    selection: str = "global"  # top-k over all matrices of a pool (official no_restriction) or per matrix
+    selection: str = "global"  # top-k over a pool (official no_restriction), per matrix, or random (ablation)
+    selection_seed: int = 0  # seeds selection=random; conf/method/smt.yaml sets it to the run seed
     budget_unit: str = "ratio"  # ratio of blocks over ALL 2-D params (official) | blocks | params
     budget: float = 0.0084  # attention budget (official ratio 0.0084 ≈ 0.84% trainable on LLaMA-7B)
     mlp_budget: float | None = None  # MLP budget in the same unit; None = MLP not eligible (paper's advice)
@@ -52,7 +53,11 @@ class SmtConfig(MethodConfig):
                 f"got '{self.budget_unit}'")
         require("o" not in self.targets and "o" not in self.mlp_targets,
                 "SMT never tunes the attention output projection O (paper/official code); remove 'o' from targets")
-        require(len(self.targets) > 0, "method.targets is empty: SMT needs at least one attention matrix (q, k, v)")
+        require(len(self.targets) > 0 or self.mlp_budget is not None,
+                "method.targets is empty: SMT needs an attention matrix (q, k, v), or an MLP-only setting "
+                "(method.targets=[] with method.mlp_budget set)")
+        require(isinstance(self.selection_seed, int), f"method.selection_seed must be an integer, "
+                f"got {self.selection_seed!r}")
         bad_mlp = [t for t in self.mlp_targets if t in ATTENTION]
         require(not bad_mlp, f"method.mlp_targets holds attention targets {bad_mlp}; put them in method.targets")
         self._check_budget("budget", self.budget)
@@ -75,7 +80,7 @@ class SmtConfig(MethodConfig):
         """Pool name → (logical targets, budget) ranked separately, as the official code does."""
         if self.pooled:
             return {"all": (list(self.targets) + list(self.mlp_targets), self.budget)}
-        pools = {"attention": (list(self.targets), self.budget)}
+        pools = {"attention": (list(self.targets), self.budget)} if self.targets else {}  # empty: MLP-only
         if self.mlp_budget is not None:
             pools["mlp"] = (list(self.mlp_targets), self.mlp_budget)
         return pools

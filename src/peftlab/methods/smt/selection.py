@@ -3,11 +3,16 @@
 The warm-up gradient sum G of each eligible matrix (shape ``out × in``) is cut into ``b × b`` blocks; each
 block gets a score and the top-k blocks are chosen, over all matrices of a pool at once (official
 ``no_restriction``, the default) or k/M per matrix (official ``norm_dist``). Selection is one-shot.
+
+``random`` is the control reviewers of SMT asked for (not in the official code): the same number of blocks
+drawn uniformly without replacement from the same pool, seeded by the run seed; the warm-up still runs, so
+the only difference from ``global`` is which blocks are chosen.
 """
 
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 
@@ -82,12 +87,27 @@ def select_per_matrix(scores: dict[str, torch.Tensor], k: int) -> dict[str, list
     return out
 
 
-def select_blocks(scores: dict[str, torch.Tensor], k: int, mode: str) -> dict[str, list[int]]:
-    """Chosen block indices per matrix name, for ``mode`` in ``global`` / ``per_matrix``."""
+def select_random(scores: dict[str, torch.Tensor], k: int, seed: int) -> dict[str, list[int]]:
+    """``k`` blocks drawn uniformly without replacement over every matrix of the pool (scores give only the
+    grid shapes). The generator is seeded by ``seed`` and the pool's matrix names, so pools draw independently
+    and a seed always gives the same blocks."""
+    names = list(scores)
+    sizes = [scores[n].numel() for n in names]
+    require(0 < k <= sum(sizes), f"SMT budget of {k} blocks does not fit the {sum(sizes)} eligible blocks")
+    pool_key = zlib.crc32("\n".join(names).encode())  # stable across processes (unlike Python's hash)
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + pool_key) % 2**63)
+    return _split(torch.randperm(sum(sizes), generator=generator)[:k], sizes, names)
+
+
+def select_blocks(scores: dict[str, torch.Tensor], k: int, mode: str, seed: int = 0) -> dict[str, list[int]]:
+    """Chosen block indices per matrix name, for ``mode`` in ``global`` / ``per_matrix`` / ``random``
+    (``seed`` is used by ``random`` only)."""
     if mode == "global":
         return select_global(scores, k)
     if mode == "per_matrix":
         return select_per_matrix(scores, k)
+    if mode == "random":
+        return select_random(scores, k, seed)
     raise ValueError(f"unknown SMT selection '{mode}'")
 
 
