@@ -185,7 +185,7 @@ class SparseMatrixTuning(Method):
         selection: dict[str, list[int]] = {}
         for pool, k in self.budgets.items():
             scores = {n: block_scores(self.grad_sums[n], c.block_size, c.score) for n in self.pools[pool]}
-            selection.update(select_blocks(scores, k, c.selection))
+            selection.update(select_blocks(scores, k, c.selection, c.selection_seed))
         self._remove_hooks()
         self.grad_sums = {}
         self.switched_at = step
