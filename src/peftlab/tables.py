@@ -135,6 +135,16 @@ def cell_key(record: dict[str, Any]) -> tuple[str, str, str, int]:
             str(record["task"]), int(record["seed"]))
 
 
+def table_of(path: str | Path) -> str | None:
+    """Table name of a record file (e.g. an incomplete one), ``""`` outside any table, None if unreadable."""
+    try:
+        record = json.loads(Path(path).read_text())
+        table = record.get("config", {}).get("table") or {}
+        return str(table.get("name", ""))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def record_values(record: dict[str, Any]) -> dict[str, float]:
     """Column → value of one complete record (one column per evaluation set for multi-set tasks)."""
     sets = _eval_sets(record)
@@ -295,3 +305,30 @@ def load_paper_numbers(path: str | Path, table: str | None = None) -> dict[tuple
                 cite = f"{row['paper']} (arXiv {row['arxiv']}) {row['source_table']}, {row['version']}"
                 out[key] = PaperValue(value, row["metric"], cite, row["note"] or "")
     return out
+
+
+# ---------------------------------------------------------------------------------------------------- one table
+def is_mini(runs: Path, flag: bool) -> bool:
+    """A mini run: asked for, or records read from a ``mini`` directory (results/mini/runs)."""
+    return flag or "mini" in runs.resolve().parts
+
+
+def paper_file(records: list[dict[str, Any]], table: str, paper_dir: Path) -> Path | None:
+    """The paper-numbers CSV of ``table``: the records' ``config.table.paper_numbers``, else ``<table>.csv``."""
+    names = {r["config"]["table"].get("paper_numbers") for r in records if cell_key(r)[0] == table} - {None, ""}
+    if len(names) > 1:
+        raise ConfigError(f"table '{table}': records name different paper_numbers files {sorted(names)}")
+    if names:
+        return paper_dir / names.pop()  # named explicitly: a missing file is an error (load_paper_numbers)
+    default = paper_dir / f"{table}.csv"
+    return default if default.is_file() else None
+
+
+def build_table(recs: Records, table: str, paper_dir: Path, mini: bool,
+                ) -> tuple[TableData, dict[tuple[str, str, str], PaperValue]]:
+    """Aggregate one table; the paper's rows/columns frame a full table (a mini table keeps only its own)."""
+    path = paper_file(recs.complete, table, paper_dir)
+    paper = load_paper_numbers(path, table) if path is not None else {}
+    rows = list(dict.fromkeys(k[1] for k in paper)) if not mini else []
+    cols = [c for c in dict.fromkeys(k[2] for k in paper) if not c.startswith(("average", "trainable"))]
+    return aggregate(recs.complete, table, columns=[] if mini else cols, rows=rows), paper
