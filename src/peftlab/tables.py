@@ -29,6 +29,8 @@ CITATION_COLUMNS = ("paper", "arxiv", "source_table", "version")
 AVERAGE = "average"  # plain mean over the table's task columns
 GROUP_AVERAGE = "average_groups"  # mean of the group means (VTAB-1k convention of VPT/SPT/NOAH tables)
 PARAMS_PCT = "trainable_pct"  # a paper CSV's reported trainable-parameter % of a row (not a task)
+# Columns that count as one task in the plain average (GLUE "All Avg": MNLI = mean of matched and mismatched).
+SAME_TASK = {"mnli_mm": "mnli"}
 
 # VTAB-1k groups (protocols.md §4.1), by our task names (conf/task/vtab/*.yaml).
 VTAB_GROUPS: dict[str, tuple[str, ...]] = {
@@ -203,7 +205,9 @@ def vtab_groups(columns: Sequence[str]) -> dict[str, list[str]]:
 def _average_cells(row: str, columns: list[str], cells: dict[tuple[str, str], Cell]) -> dict[str, Cell]:
     """Per-seed averages over all columns, only for seeds that have every column (else the average is missing).
 
-    ``AVERAGE`` is the plain mean over the columns (commonsense/GLUE convention; VTAB "Mean19");
+    ``AVERAGE`` is the plain mean over the tasks (commonsense/GLUE convention; VTAB "Mean19"), MNLI's matched and
+    mismatched columns counting as one task (AdaLoRA's GLUE "All Avg"; its QQP mean(acc, F1) is not reproduced:
+    our QQP column is accuracy only);
     VTAB tables also get ``GROUP_AVERAGE``, the mean of the three group means (VPT/SPT convention).
     """
     seed_sets = [set(cells[(row, c)].values) if (row, c) in cells else set() for c in columns]
@@ -211,10 +215,14 @@ def _average_cells(row: str, columns: list[str], cells: dict[tuple[str, str], Ce
     if not seeds:
         return {}
     groups = vtab_groups(columns)
+    units: dict[str, list[str]] = {}
+    for c in columns:
+        units.setdefault(SAME_TASK.get(c, c), []).append(c)
     plain: dict[int, float] = {}
     grouped: dict[int, float] = {}
     for s in seeds:
-        plain[s] = statistics.fmean(cells[(row, c)].values[s] for c in columns)
+        plain[s] = statistics.fmean(statistics.fmean(cells[(row, c)].values[s] for c in unit)
+                                    for unit in units.values())
         if groups:
             grouped[s] = statistics.fmean(statistics.fmean(cells[(row, c)].values[s] for c in g)
                                           for g in groups.values() if g)
@@ -324,11 +332,24 @@ def paper_file(records: list[dict[str, Any]], table: str, paper_dir: Path) -> Pa
     return default if default.is_file() else None
 
 
+def table_paper_numbers(named: Path | None, table: str,
+                        paper_dir: Path) -> dict[tuple[str, str, str], PaperValue]:
+    """The paper numbers of ``table`` from every CSV under ``paper_dir`` (the table's own file and e.g. the
+    related methods' rows); ``named`` must exist. A (table, row, task) given by two files is refused."""
+    files = sorted(set(paper_dir.glob("*.csv")) | ({named} if named is not None else set()))
+    out: dict[tuple[str, str, str], PaperValue] = {}
+    for path in files:
+        for key, value in load_paper_numbers(path, table).items():
+            if key in out:
+                raise ConfigError(f"{path}: {key} is also given by another paper-numbers file")
+            out[key] = value
+    return out
+
+
 def build_table(recs: Records, table: str, paper_dir: Path, mini: bool,
                 ) -> tuple[TableData, dict[tuple[str, str, str], PaperValue]]:
     """Aggregate one table; the paper's rows/columns frame a full table (a mini table keeps only its own)."""
-    path = paper_file(recs.complete, table, paper_dir)
-    paper = load_paper_numbers(path, table) if path is not None else {}
+    paper = table_paper_numbers(paper_file(recs.complete, table, paper_dir), table, paper_dir)
     rows = list(dict.fromkeys(k[1] for k in paper)) if not mini else []
     cols = [c for c in dict.fromkeys(k[2] for k in paper) if not c.startswith(("average", "trainable"))]
     return aggregate(recs.complete, table, columns=[] if mini else cols, rows=rows), paper
