@@ -13,6 +13,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from peftlab import results
 from peftlab.config_utils import build_dataclass, require, to_dict
@@ -39,13 +40,21 @@ def validate(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
     return spec, method, task
 
 
-def build(cfg: DictConfig) -> tuple[PeftModule, TaskDataModule, ModelSpec]:
-    """Validated parts → a ready LightningModule and DataModule (seeds first)."""
+def build_model(cfg: DictConfig) -> tuple[nn.Module, Method, Task, ModelSpec, Any]:
+    """Validate, seed, load the backbone and apply the method (no data yet); also used by adapter export.
+
+    Returns (model, method, task, spec, preprocessor)."""
     spec, method, task = validate(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     model = load_backbone(spec, task.head, task.num_labels)
     preprocessor = load_preprocessor(spec, model)
     model = method.apply(model, spec)
+    return model, method, task, spec, preprocessor
+
+
+def build(cfg: DictConfig) -> tuple[PeftModule, TaskDataModule, ModelSpec]:
+    """Validated parts → a ready LightningModule and DataModule (seeds first)."""
+    model, method, task, spec, preprocessor = build_model(cfg)
     trainable, total = count_parameters(model)
     print(f"[peftlab] method={method.name} model={spec.name} task={task.name}: "
           f"trainable {trainable:,} / {total:,} params ({100 * trainable / total:.4f}%)")

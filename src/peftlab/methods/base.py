@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -18,6 +19,8 @@ from torch import nn
 
 from peftlab.config_utils import require
 from peftlab.models import ModelSpec
+
+ADAPTER_FILE = "adapter.safetensors"  # what Method.save_adapter writes by default
 
 
 @dataclass
@@ -80,6 +83,20 @@ class Method:
         if result.unexpected_keys:
             raise KeyError(f"adapter keys not in the model: {result.unexpected_keys[:5]}")
         return model
+
+    def save_adapter(self, model: nn.Module, directory: Path) -> None:
+        """Export hook: write what the method trained into ``directory`` (default: :meth:`adapter_state_dict`
+        as ``adapter.safetensors``; peft methods write peft's own adapter directory)."""
+        from safetensors.torch import save_file
+
+        state = {k: v.contiguous() for k, v in self.adapter_state_dict(model).items()}
+        save_file(state, str(directory / ADAPTER_FILE))
+
+    def load_adapter(self, model: nn.Module, directory: Path) -> nn.Module:
+        """Inverse of :meth:`save_adapter`, onto a model this method was just applied to."""
+        from safetensors.torch import load_file
+
+        return self.load_adapter_state_dict(model, load_file(str(directory / ADAPTER_FILE)))
 
     def method_state(self) -> dict[str, Any]:
         """Extra, non-tensor state the method needs to rebuild its structure (saved in checkpoints)."""

@@ -6,6 +6,8 @@ A subclass only says which ``peft`` config its options map to; applying, head ha
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import peft
 import torch
 from torch import nn
@@ -35,3 +37,12 @@ class PeftMethod(Method):
         if result.unexpected_keys:
             raise KeyError(f"adapter keys not in the model: {result.unexpected_keys[:5]}")
         return model
+
+    def save_adapter(self, model: nn.Module, directory: Path) -> None:
+        """peft's own adapter directory (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+        model.save_pretrained(str(directory))
+
+    def load_adapter(self, model: nn.Module, directory: Path) -> nn.Module:
+        from safetensors.torch import load_file
+
+        return self.load_adapter_state_dict(model, load_file(str(directory / "adapter_model.safetensors")))
