@@ -1,0 +1,145 @@
+"""LISA — Layerwise Importance Sampled AdamW (Pan et al., NeurIPS 2024, arXiv 2403.17919).
+
+Full-parameter AdamW where, at any time, only γ of the N_L transformer blocks train (paper Alg. 1:
+sampling probabilities p = {1 (embeddings), γ/N_L, …, γ/N_L, 1 (head)}). Every K optimizer steps all blocks
+freeze and γ blocks are drawn uniformly without replacement; everything outside the blocks (embeddings,
+final norm, LM/task head) trains throughout. Official code: LMFlow ``DynamicLayerActivationCallback``
+(``lisa_activated_layers`` = γ, default 2; ``lisa_interval_steps`` = K, default 20; the draw happens when
+``global_step % K == 0``, so steps [0, K) use the first draw).
+
+Here the switch is :meth:`Lisa.on_train_batch_end` at every multiple of K, returning True so the module
+rebuilds the optimizer over the new trainable set: the Adam moments of deactivated blocks are freed, the
+memory saving the paper claims. Departures:
+- LMFlow only flips ``requires_grad``; its optimizer, built once, keeps the Adam state of every block ever
+  activated (and carries it over when a block comes back). We free it, so a re-activated block starts with
+  fresh moments;
+- the draw for period p comes from a generator seeded by (``sample_seed``, p) instead of numpy's global
+  stream, so a resumed run continues the same sequence and the run seed fixes it;
+- the module builds a new learning-rate schedule (warm-up, then linear decay over the remaining steps) at
+  each rebuild, while LMFlow keeps one schedule; set ``optim.warmup_ratio=0`` to avoid repeated warm-ups.
+- blocks are the largest ``nn.ModuleList`` of the model (``layers`` names another), so any architecture works.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from peftlab.config_utils import require
+from peftlab.methods import METHODS
+from peftlab.methods.base import Method, MethodConfig, count_parameters, head_module_names
+from peftlab.models import ModelSpec
+
+
+@dataclass
+class LisaConfig(MethodConfig):
+    lr: float = 2e-5  # LMFlow run_finetune_with_lisa.sh (paper: ~1e-5 to 2e-5)
+    activated_layers: int = 2  # γ: blocks trained at a time (LMFlow default 2; paper ablates 2/4/8)
+    interval_steps: int = 20  # K: optimizer steps between draws (LMFlow default 20)
+    sample_seed: int = 0  # seeds the draws; conf/method/lisa.yaml sets it to the run seed
+    layers: str | None = None  # module path of the block list; None: the model's largest nn.ModuleList
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(isinstance(self.activated_layers, int) and self.activated_layers >= 1,
+                f"method.activated_layers must be an integer >= 1, got {self.activated_layers!r}")
+        require(isinstance(self.interval_steps, int) and self.interval_steps >= 1,
+                f"method.interval_steps must be an integer >= 1, got {self.interval_steps!r}")
+        require(isinstance(self.sample_seed, int), f"method.sample_seed must be an integer, got {self.sample_seed!r}")
+
+
+def transformer_blocks(model: nn.Module, path: str | None) -> tuple[str, nn.ModuleList]:
+    """``(path, blocks)``: the ``nn.ModuleList`` at ``path``, or the one holding the most parameters."""
+    if path is not None:
+        modules = dict(model.named_modules())
+        require(path in modules, f"method.layers='{path}' is not a module of the model")
+        blocks = modules[path]
+        require(isinstance(blocks, nn.ModuleList), f"method.layers='{path}' is a {type(blocks).__name__}, "
+                "not an nn.ModuleList of blocks")
+        return path, blocks
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    require(bool(lists), "LISA found no nn.ModuleList of transformer blocks; name it with method.layers")
+    return max(lists, key=lambda nm: sum(p.numel() for p in nm[1].parameters()))
+
+
+@METHODS.register("lisa")
+class Lisa(Method):
+    config_cls = LisaConfig
+    config: LisaConfig
+
+    def __init__(self, config: LisaConfig) -> None:
+        super().__init__(config)
+        self.path = ""
+        self.num_layers = 0
+        self.period = 0
+        self.active: list[int] = []
+
+    def draw(self, period: int) -> list[int]:
+        """The γ blocks of ``period``: uniform without replacement, a function of (seed, period) only."""
+        generator = torch.Generator().manual_seed((self.config.sample_seed * 1_000_003 + period) % 2**63)
+        order = torch.randperm(self.num_layers, generator=generator, device="cpu")  # cpu: also under meta
+        return sorted(order[: self.config.activated_layers].tolist())
+
+    def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
+        self.path, blocks = transformer_blocks(model, self.config.layers)
+        self.num_layers = len(blocks)
+        require(self.config.activated_layers <= self.num_layers, f"method.activated_layers="
+                f"{self.config.activated_layers} exceeds the {self.num_layers} blocks of '{self.path}'")
+        for p in model.parameters():
+            p.requires_grad_(True)  # full-parameter method: embeddings, norms and head always train
+        if not self.config.train_head:
+            for name in head_module_names(model, spec):
+                model.get_submodule(name).requires_grad_(False)
+        self._activate(model, 0, self.draw(0))
+        return model
+
+    def _activate(self, model: nn.Module, period: int, active: list[int]) -> None:
+        self.period, self.active = period, list(active)
+        for i, block in enumerate(model.get_submodule(self.path)):
+            for p in block.parameters():
+                p.requires_grad_(i in self.active)
+                if i not in self.active:
+                    p.grad = None
+
+    def on_train_batch_end(self, model: nn.Module, step: int) -> bool:
+        if step % self.config.interval_steps:
+            return False
+        period = step // self.config.interval_steps
+        self._activate(model, period, self.draw(period))
+        return True  # new trainable set: the optimizer (and its Adam state) is rebuilt over it
+
+    def merge(self, model: nn.Module) -> nn.Module:
+        return model  # the model's own weights were trained: nothing to fold
+
+    def checkpoint_names(self, model: nn.Module) -> set[str]:
+        """Every block may have trained in an earlier period, so checkpoints keep every weight."""
+        return {n for n, _ in model.named_parameters()}
+
+    def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """A full-parameter method: the 'adapter' is the whole model."""
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    def method_state(self) -> dict[str, Any]:
+        return {"layers": self.path, "num_layers": self.num_layers, "period": self.period,
+                "active_layers": list(self.active)}
+
+    def load_method_state(self, model: nn.Module, state: dict[str, Any]) -> nn.Module:
+        if "active_layers" in state:
+            require(state.get("num_layers") == self.num_layers, f"checkpoint has {state.get('num_layers')} LISA "
+                    f"blocks, this model {self.num_layers}")
+            self._activate(model, int(state["period"]), [int(i) for i in state["active_layers"]])
+        return model
+
+    def extra_counts(self, model: nn.Module) -> dict[str, Any]:
+        """Instantaneous trainable count (now) and its expectation over draws: outside-block params +
+        γ/N_L × block params (equal-sized blocks make the two equal)."""
+        blocks = model.get_submodule(self.path)
+        block_params = sum(p.numel() for p in blocks.parameters())
+        outside = sum(p.numel() for n, p in model.named_parameters()
+                      if p.requires_grad and not n.startswith(f"{self.path}."))
+        expected = outside + self.config.activated_layers / self.num_layers * block_params
+        return {"instantaneous": count_parameters(model)[0], "expected": round(expected),
+                "active_layers": list(self.active), "num_layers": self.num_layers}
