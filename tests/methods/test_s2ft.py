@@ -84,11 +84,11 @@ def test_block_gradient_is_the_full_gradient_on_the_slice(side: str) -> None:
 
 def test_budget_formula_of_the_official_scripts() -> None:
     # LLaMA3-8B script: d_ratio 0.03 → int(0.03·14336·32) = 13762 down-proj columns × 4096
-    llama3 = count(compose(["model=llama3_8b", "task=commonsense", "method=s2ft"]))
+    llama3 = count(compose(["model=llama3_8b", "task=commonsense_synthetic", "method=s2ft"]))
     assert llama3.trainable == int(0.03 * 14336 * 32) * 4096 == 56_369_152
     assert llama3.extra == {"down_channels": 13762}
     # LLaMA2-7B script: o_ratio 0.052 (int(0.052·32·32) = 53 heads × 128 × 4096) + d_ratio 0.02 (7045 ch × 4096)
-    llama2 = count(compose(["model=llama2_7b", "task=commonsense", "method=s2ft", "method.o_ratio=0.052",
+    llama2 = count(compose(["model=llama2_7b", "task=commonsense_synthetic", "method=s2ft", "method.o_ratio=0.052",
                             "method.d_ratio=0.02"]))
     assert llama2.trainable == 53 * 128 * 4096 + 7045 * 4096 == 56_643_584
 
