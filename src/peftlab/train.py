@@ -6,7 +6,9 @@ validate → seed → task → backbone → method → trainer → fit → test 
 from __future__ import annotations
 
 import logging
+import os
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from torch import nn
 from peftlab import results
 from peftlab.config_utils import build_dataclass, require, to_dict
 from peftlab.data import TaskDataModule
+from peftlab.errors import ConfigError, DataUnavailableError
 from peftlab.methods import Method, build_method
 from peftlab.methods.base import count_parameters
 from peftlab.models import ModelSpec, load_backbone, load_preprocessor
@@ -37,7 +40,51 @@ def validate(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
     o = cfg.optim
     require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     require(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}")
+    _check_local_data(task)
+    for key in ("results_dir", "output_dir"):
+        where = OmegaConf.select(cfg, f"paths.{key}", throw_on_resolution_failure=False)  # None outside Hydra
+        if where:
+            _check_writable(f"paths.{key}", Path(where))
+    ckpt = cfg.get("ckpt_path")
+    if ckpt and ckpt != "last" and Path(ckpt).is_file():
+        _check_checkpoint(Path(ckpt))
     return spec, method, task
+
+
+def _check_local_data(task: Task) -> None:
+    """Local data a task names (VTAB ``data_root``, commonsense ``train_file``/``eval_dir``) must exist."""
+    c = task.config
+    for key in ("data_root", "eval_dir"):
+        where = getattr(c, key, None)
+        if where and where != "generated" and not Path(where).expanduser().is_dir():
+            raise DataUnavailableError(f"task.{key}={where} is not a directory: download the data set "
+                                       f"(docs/{c.family}.md) and point task.{key} to it")
+    train_file = getattr(c, "train_file", None)
+    if train_file and Path(train_file).suffix in (".json", ".jsonl") and not Path(train_file).expanduser().is_file():
+        raise DataUnavailableError(f"task.train_file={train_file} not found: download it (docs/{c.family}.md) "
+                                   "and point task.train_file to it")
+
+
+def _check_writable(key: str, directory: Path) -> None:
+    """Fail now, not after training, when a run could not write its outputs or record (nothing is created)."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    problem = "not a directory" if not existing.is_dir() else "read-only"
+    require(existing.is_dir() and os.access(existing, os.W_OK | os.X_OK),
+            f"{key}={directory} is not writable ({existing} is {problem})")
+
+
+def _check_checkpoint(path: Path) -> None:
+    """A Lightning checkpoint is a torch zip archive; a truncated or foreign file fails here, before training."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ConfigError(f"ckpt_path={path} is not a readable checkpoint ({err})") from err
+    require(bad is None, f"ckpt_path={path} is corrupted (bad CRC in '{bad}')")
+
+
 
 
 def build_model(cfg: DictConfig) -> tuple[nn.Module, Method, Task, ModelSpec, Any]:
