@@ -58,6 +58,12 @@ SETTINGS: list[dict[str, Any]] = [
      "overrides": {"targets": ["q", "v"], "sparsity": 0.99}},
     {"label": "LISA gamma=2, K=20", "method": "lisa",
      "overrides": {"activated_layers": 2, "interval_steps": 20, "sample_seed": 0}},
+    # 256 down-proj channels × 512 = LoRA r=8 (q,v)'s 131,072 at the default 8×512 shape (intermediate 1408)
+    {"label": "S2FT d_ratio=0.02273 (down channels), LoRA budget", "method": "s2ft",
+     "overrides": {"v_ratio": 0.0, "o_ratio": 0.0, "u_ratio": 0.0, "d_ratio": 0.02273, "seed": 0}},
+    {"label": "SpIEL (all linears), LoRA budget", "method": "spiel",
+     "overrides": {"num_tunable_weights": "{lora_params}", "targets": ["q", "k", "v", "o", "gate", "up", "down"],
+                   "seed": 0}},
 ]
 
 
