@@ -1,0 +1,98 @@
+"""Reproduce one paper table: its Hydra multirun over methods × tasks × seeds (× budgets), then the table.
+
+    python scripts/reproduce.py --list                                # the tables (conf/experiment/*.yaml)
+    python scripts/reproduce.py capaboost_glue --dry-run              # print the train.py -m commands
+    python scripts/reproduce.py capaboost_glue                        # run locally, one multirun per cell group
+    python scripts/reproduce.py smt_commonsense --launcher submitit_slurm   # as SLURM array jobs (submitit)
+    python scripts/reproduce.py smt_budget --mini                     # offline mini version → results/*/mini/
+    python scripts/reproduce.py capaboost_squad --seeds 42 --methods lora -- trainer.devices=2
+
+Runs whose COMPLETE record already exists (same table, row, task, seed) are skipped, so a killed
+reproduction resumes by running the same command. Afterwards scripts/make_tables.py rebuilds the table and,
+for budget tables, scripts/plot_budget.py the figure. Plan format: src/peftlab/reproduce.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from peftlab import reproduce as rp
+from peftlab.errors import ConfigError
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("table", nargs="?", help="experiment file name under conf/experiment/")
+    ap.add_argument("--list", action="store_true", help="list the tables and exit")
+    ap.add_argument("--mini", action="store_true", help="offline mini version (table.mini) into results/mini/runs")
+    ap.add_argument("--seeds", type=int, nargs="+", help="replace the table's seeds")
+    ap.add_argument("--methods", nargs="+", help="only these method entries of the table")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--launcher", help="Hydra launcher, e.g. submitit_slurm (conf/hydra/launcher/)")
+    ap.add_argument("--runs-dir", help="records directory (default results/runs, --mini: results/mini/runs)")
+    ap.add_argument("--no-tables", action="store_true", help="do not rebuild the table/figure afterwards")
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    args.extra = extra  # after --: Hydra overrides added to (and winning in) every run
+    return args
+
+
+def rebuild(table: str, runs_dir: str, mini: bool) -> None:
+    """make_tables (and plot_budget for budget tables) over the records of ``runs_dir``."""
+    flags = ["--runs", runs_dir, "--table", table, *(["--mini"] if mini else [])]
+    scripts = [Path("scripts/make_tables.py")]
+    if rp.is_budget_table(table):
+        scripts.append(Path("scripts/plot_budget.py"))
+    for script in scripts:
+        if not (rp.ROOT / script).exists():
+            print(f"[reproduce] {script} not found: skipped", file=sys.stderr)
+            continue
+        cmd = [sys.executable, str(script), *flags]
+        print("[reproduce] $", rp.shell(cmd), flush=True)
+        subprocess.run(cmd, cwd=rp.ROOT, check=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    if args.list or not args.table:
+        print("\n".join(rp.experiment_names()))
+        return 0
+    try:
+        plan = rp.resolve_keys(rp.plan(args.table, args.mini, args.seeds, args.methods))
+    except ConfigError as err:
+        print(f"ConfigError: {err}", file=sys.stderr)
+        return 2
+    runs_dir = args.runs_dir or (rp.MINI_RUNS_DIR if args.mini else rp.RUNS_DIR)
+    for m in plan.skipped_methods:
+        print(f"[reproduce] method entry '{m}' skipped: its conf/method/ file does not exist yet")
+    todo = rp.pending(plan, rp.done_keys(rp.ROOT / runs_dir))
+    print(f"[reproduce] {args.table}{' (mini)' if args.mini else ''}: {len(plan.points)} runs planned, "
+          f"{len(plan.points) - len(todo)} already complete in {runs_dir}, {len(todo)} to run")
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    root = f"multirun/{args.table}{'-mini' if args.mini else ''}/{stamp}"
+    cmds = rp.commands(todo, args.table, launcher=args.launcher, sweep_root=root,
+                       extra=[f"paths.results_dir={runs_dir}", *args.extra])
+    failed = 0
+    if args.launcher and not args.dry_run:  # each call waits on its cluster jobs: submit all groups at once
+        procs = [(c, subprocess.Popen(c, cwd=rp.ROOT)) for c in cmds]
+        failed = sum(p.wait() != 0 for _, p in procs)
+    else:
+        for cmd in cmds:
+            print("$", rp.shell(cmd), flush=True)
+            if not args.dry_run:
+                failed += subprocess.run(cmd, cwd=rp.ROOT).returncode != 0
+    if args.dry_run:
+        return 0
+    if failed:
+        print(f"[reproduce] {failed} multirun(s) failed; their runs stay missing (rerun to resume)", file=sys.stderr)
+    if not args.no_tables:
+        rebuild(args.table, runs_dir, args.mini)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
