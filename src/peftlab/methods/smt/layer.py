@@ -1,16 +1,20 @@
 """Block-sparse linear layer of SMT with its own autograd (arXiv 2405.15525 §3.2; official ``SparseLinear``).
 
-y = x W₀ᵀ + b + Σ_i  scatter_rows(r_i) ( x[..., cols(c_i)] Δ_iᵀ )
+y = x (W₀ + S(Δ))ᵀ + b,   S(Δ) = the (out, in) matrix that is Δ_i on block i (block-row r_i, column c_i), 0 elsewhere
 
 W₀ (and the bias) stay frozen and never get a ``.grad``; the only trainable tensor is ``smt_delta`` of
-shape ``(k, b, b)``, the updates of the k selected blocks (block i at block-row r_i, block-column c_i).
-Backward computes dΔ_i = g[..., rows(r_i)]ᵀ · x[..., cols(c_i)] summed over batch and tokens, exactly the
-full-weight gradient restricted to the block, and the dense input gradient g (W₀ + Δ).
+shape ``(k, b, b)``, the updates of the k selected blocks. Backward computes dΔ_i = g[..., rows(r_i)]ᵀ ·
+x[..., cols(c_i)] summed over batch and tokens (one batched matmul over the k blocks), exactly the
+full-weight gradient restricted to the block, and the dense input gradient g (W₀ + S(Δ)).
 
 Departures from the official code, all to save time or memory, none changing the maths:
-- the official layer copies the trainable block values into W on every forward (a Python loop); we keep
-  the update Δ apart and add its (small) product, so no weight is copied. Training Δ from 0 with Adam and
-  weight decay 0 (the paper's setting) follows the same trajectory as training the block values;
+- the official layer copies the trainable block values into W in a Python loop on every forward; we keep
+  the update Δ apart and build W₀ + S(Δ) as a temporary with one vectorised ``index_add`` (one weight-sized
+  copy, freed after the matmul; rebuilt in backward rather than saved). This is cheaper on CPU than adding
+  the k block products to the dense output (measured in ``scripts/bench_smt_layer.py``, docs/smt.md
+  "Memory and speed"). Training Δ from 0 with Adam and weight decay 0 (the paper's setting) follows the
+  same trajectory as training the block values. In half precision W₀ + Δ is rounded to the weight dtype
+  before the matmul, as in the official layer, whose block values live in the weight dtype;
 - the official layer saves the whole input for backward; we save only the input column-blocks that some
   selected block reads (the input itself when every column-block is read, to avoid a useless copy);
 - any number of leading dims (2-D or 3-D inputs), bias supported, any module name.
@@ -25,50 +29,58 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 
+def merge_blocks(weight: torch.Tensor, delta: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
+    """A new tensor W₀ + S(Δ); ``segments`` indexes the ``b``-long row segments of the blocks in ``weight``
+    viewed as ``(out·in/b, b)`` (see :func:`block_segments`). Indices are unique, so the sum is exact."""
+    b = delta.shape[-1]
+    merged = torch.index_add(weight.reshape(-1, b), 0, segments, delta.reshape(-1, b).to(weight.dtype))
+    return merged.view_as(weight)
+
+
+def block_segments(rows: torch.Tensor, cols: torch.Tensor, block_size: int, n_cols: int) -> torch.Tensor:
+    """Row-segment indices (k·b,) of blocks (r_i, c_i): block row j of block i starts at element
+    ((r_i·b + j)·in + c_i·b), i.e. segment (r_i·b + j)·n_cols + c_i of the ``(out·in/b, b)`` view."""
+    offsets = torch.arange(block_size, device=rows.device)
+    return ((rows * block_size).unsqueeze(1) + offsets).mul(n_cols).add(cols.unsqueeze(1)).reshape(-1)
+
+
 class _BlockSparseLinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, delta: torch.Tensor,
-                rows: torch.Tensor, cols: torch.Tensor, used_cols: torch.Tensor, col_slot: torch.Tensor
-                ) -> torch.Tensor:
+                segments: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, used_cols: torch.Tensor,
+                col_slot: torch.Tensor) -> torch.Tensor:
         b = delta.shape[-1]
-        lead = x.shape[:-1]
+        y = F.linear(x, merge_blocks(weight, delta, segments), bias)
         x2 = x.reshape(-1, x.shape[-1])  # (N, in)
         n = x2.shape[0]
-        y = F.linear(x2, weight, bias)  # (N, out)
         if used_cols.numel() == x2.shape[1] // b:
-            saved = x2.view(n, -1, b)  # every column-block is read: keep the input itself, no copy
-            slots = cols
+            saved, slots = x2.view(n, -1, b), cols  # every column-block is read: keep the input itself, no copy
         else:
-            saved = x2.view(n, -1, b).index_select(1, used_cols)  # (N, u, b): only the columns blocks read
-            slots = col_slot
-        xs = saved.index_select(1, slots)  # (N, k, b)
-        contrib = torch.einsum("nkj,kij->nki", xs, delta.to(xs.dtype))  # (N, k, b) = x_cols Δᵀ per block
-        y = y.view(n, -1, b).index_add_(1, rows, contrib).view(n, -1)
-        ctx.save_for_backward(saved, slots, weight, delta, rows, cols)
+            saved, slots = x2.view(n, -1, b).index_select(1, used_cols), col_slot  # (N, u, b): only those read
+        ctx.save_for_backward(saved, slots, weight, delta, segments, rows)
         ctx.has_bias = bias is not None
-        return y.view(*lead, y.shape[-1])
+        return y
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        saved, slots, weight, delta, rows, cols = ctx.saved_tensors
+        saved, slots, weight, delta, segments, rows = ctx.saved_tensors
         b = delta.shape[-1]
         g = grad_out.reshape(-1, grad_out.shape[-1])  # (N, out)
-        n = g.shape[0]
-        g_blocks = g.view(n, -1, b).index_select(1, rows)  # (N, k, b): output rows of each block
         grad_x = grad_delta = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = g @ weight.to(g.dtype)  # (N, in): dense part
-            sparse = torch.einsum("nki,kij->nkj", g_blocks, delta.to(g.dtype))  # (N, k, b)
-            grad_x = grad_x.view(n, -1, b).index_add_(1, cols, sparse).view(n, -1)
+            grad_x = g @ merge_blocks(weight, delta, segments).to(g.dtype)  # (N, in) = g (W₀ + S(Δ))
             grad_x = grad_x.view(*grad_out.shape[:-1], grad_x.shape[-1])
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = g.sum(0)
         if ctx.needs_input_grad[3]:
-            xs = saved.index_select(1, slots)  # (N, k, b)
-            grad_delta = torch.einsum("nki,nkj->kij", g_blocks, xs).to(delta.dtype)  # dΔ_i = g_rowsᵀ x_cols
+            # (k, N, b) operands of one batched matmul; gathering from contiguous (R, N, b) / (u, N, b) copies
+            # is faster on CPU than gathering straight from the strided (N, R, b) views
+            g_blocks = g.view(g.shape[0], -1, b).transpose(0, 1).contiguous().index_select(0, rows)  # block rows
+            x_blocks = saved.transpose(0, 1).contiguous().index_select(0, slots).to(g.dtype)  # block columns
+            grad_delta = torch.bmm(g_blocks.transpose(1, 2), x_blocks).to(delta.dtype)  # dΔ_i = g_rowsᵀ x_cols
         if ctx.needs_input_grad[1]:
             raise RuntimeError("SMT keeps the dense weight frozen; it must not require grad")
-        return grad_x, None, grad_bias, grad_delta, None, None, None, None
+        return grad_x, None, grad_bias, grad_delta, None, None, None, None, None
 
 
 class BlockSparseLinear(nn.Module):
@@ -94,6 +106,7 @@ class BlockSparseLinear(nn.Module):
         used, slot = torch.unique(self.smt_cols, return_inverse=True)
         self.register_buffer("smt_used_cols", used, persistent=False)
         self.register_buffer("smt_col_slot", slot, persistent=False)
+        self.register_buffer("smt_segments", block_segments(self.smt_rows, self.smt_cols, b, n_cols), persistent=False)
         self.smt_delta = nn.Parameter(torch.zeros(len(blocks), b, b, dtype=self.weight.dtype,
                                                   device=self.weight.device))
 
@@ -102,17 +115,13 @@ class BlockSparseLinear(nn.Module):
         return (self.smt_rows * (self.in_features // self.block_size) + self.smt_cols).tolist()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _BlockSparseLinearFn.apply(x, self.weight, self.bias, self.smt_delta, self.smt_rows, self.smt_cols,
-                                          self.smt_used_cols, self.smt_col_slot)
+        return _BlockSparseLinearFn.apply(x, self.weight, self.bias, self.smt_delta, self.smt_segments, self.smt_rows,
+                                          self.smt_cols, self.smt_used_cols, self.smt_col_slot)
 
     @torch.no_grad()
     def merged_weight(self) -> torch.Tensor:
         """W₀ with every selected block updated: W[block_i] = W₀[block_i] + Δ_i."""
-        b = self.block_size
-        weight = self.weight.detach().clone()
-        view = weight.view(self.out_features // b, b, self.in_features // b, b).permute(0, 2, 1, 3)
-        view[self.smt_rows, self.smt_cols] += self.smt_delta.to(weight.dtype)  # indices are unique
-        return weight
+        return merge_blocks(self.weight.detach(), self.smt_delta.detach(), self.smt_segments)
 
     def to_linear(self) -> nn.Linear:
         """A plain ``nn.Linear`` holding the merged weight (zero inference overhead)."""
