@@ -81,5 +81,5 @@ def test_tiny_mini_point_end_to_end_then_skipped(tmp_path: Path) -> None:
     assert record["status"] == "complete"
     assert record["config"]["table"] == {**record["config"]["table"], "name": "capaboost_vtab", "row": "lora"}
     assert "table:capaboost_vtab" in record["tags"] and record["model"] == "tiny_vit"
-    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    again = subprocess.run([*cmd[:cmd.index("--")], "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "1 already complete" in again.stdout and "0 to run" in again.stdout
