@@ -64,6 +64,9 @@ SETTINGS: list[dict[str, Any]] = [
     {"label": "SpIEL (all linears), LoRA budget", "method": "spiel",
      "overrides": {"num_tunable_weights": "{lora_params}", "targets": ["q", "k", "v", "o", "gate", "up", "down"],
                    "seed": 0}},
+    {"label": "SSF (all Linears + norms)", "method": "ssf", "overrides": {}},
+    {"label": "SPT-LoRA, LoRA budget", "method": "spt_lora",
+     "overrides": {"budget": "{lora_params}", "sensitivity_batches": 2}},
 ]
 
 
@@ -148,6 +151,8 @@ def run_setting(setting: dict[str, Any], spec: ModelSpec, batch: dict[str, torch
     model = method.apply(model, spec)
     if setting["method"] == "smt" and setting.get("phase", "train") == "train":
         model = method.warmup(model, itertools.repeat(batch))  # grad_only: real selection, no update
+    if setting["method"] == "spt_lora":
+        model = method.sensitivity(model, itertools.repeat(batch))  # grad² sums, no update; then the allocation
     trainable, total = count_parameters(model)
     row = {"label": setting["label"], "method": setting["method"], "phase": setting.get("phase", "train"),
            "overrides": {k: fill.get(str(v)[1:-1], v) for k, v in setting["overrides"].items()},
