@@ -112,7 +112,8 @@ def test_selection_is_seeded_and_spread_over_layers() -> None:
     assert all(name.endswith("mlp.down_proj") for name in first)
 
 
-@pytest.mark.parametrize("bad", [["method.d_ratio=1.5"], ["method.d_ratio=0"], ["method.d_ratio=0.001"]])
+@pytest.mark.parametrize("bad", [["method.d_ratio=1.5"], ["method.d_ratio=0"], ["method.d_ratio=0.001"],
+                                 ["+method.targets=[v]"]])
 def test_bad_ratios_fail_before_training(bad: list[str]) -> None:
     with pytest.raises(ConfigError, match="ratio"):
         count(compose(["model=tiny_llama", "method=s2ft", *bad]))

@@ -131,6 +131,10 @@ def test_seeded_moments_are_unbiased_after_adam_correction() -> None:
     slots, mean, mean_sq = torch.tensor([1, 3]), torch.tensor([0.2, -0.4]), torch.tensor([0.05, 0.2])
     method.pending[id(layer.spiel_values)] = (slots, mean, mean_sq)
     method._handle = register_optimizer_step_pre_hook(method._seed_moments)
+    other = torch.optim.AdamW([nn.Parameter(torch.ones(2))])
+    other.param_groups[0]["params"][0].grad = torch.ones(2)
+    other.step()  # another optimizer of the process: the pending seeds wait for ours
+    assert id(layer.spiel_values) in method.pending
     method._seed_moments(opt, (), {})
     state = opt.state[layer.spiel_values]
     torch.testing.assert_close(state["exp_avg"][slots] / (1 - 0.9**3), mean)

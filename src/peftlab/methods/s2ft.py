@@ -72,6 +72,8 @@ class S2ftConfig(MethodConfig):
         for key, _, _ in ROLES.values():
             value = getattr(self, key)
             require(0.0 <= value <= 1.0, f"method.{key} must be in [0, 1], got {value}")
+        require(not self.targets, "S2FT picks its modules by role (v, o, up, down: conf/model targets); set the "
+                f"ratios {[k for k, _, _ in ROLES.values()]} instead of method.targets={self.targets}")
         require(any(getattr(self, k) > 0 for k, _, _ in ROLES.values()),
                 f"S2FT trains nothing: set at least one of {[k for k, _, _ in ROLES.values()]} > 0")
 

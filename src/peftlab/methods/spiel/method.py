@@ -189,17 +189,21 @@ class Spiel(Method):
     @torch.no_grad()
     def _seed_moments(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         """Global optimizer pre-hook, once: write the grown slots' Adam moments (official ``update_optimizer``)."""
+        ours = False
         for group in optimizer.param_groups:
             betas = group.get("betas")
             for param in group["params"]:
-                seeds = self.pending.pop(id(param), None)
+                seeds = self.pending.get(id(param))
+                ours |= seeds is not None
                 state = optimizer.state.get(param, {})
                 if seeds is None or betas is None or "exp_avg" not in state:
-                    continue
+                    continue  # a fresh or non-Adam optimizer: nothing to seed
                 slots, mean, mean_sq = seeds
                 t = float(state["step"])
                 state["exp_avg"][slots] = (mean * (1 - betas[0] ** t)).to(state["exp_avg"].dtype)
                 state["exp_avg_sq"][slots] = (mean_sq * (1 - betas[1] ** t)).to(state["exp_avg_sq"].dtype)
+        if not ours:  # another optimizer of the process stepped: wait for ours
+            return
         self.pending = {}
         if self._handle is not None:
             self._handle.remove()
