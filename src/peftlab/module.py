@@ -5,30 +5,45 @@ it never branches on either. Optimizer and schedule: AdamW over the trainable pa
 linear warm-up then linear decay (the schedule of LoRA/AdaLoRA/LLM-Adapters). Checkpoints hold only
 the trainable parameters, buffers and the method's structural state, so a PEFT checkpoint is small
 and reloads onto the base model.
+
+Exact resume (docs/resume.md): a checkpoint also holds the method's resume state (e.g. SMT's warm-up
+gradient sums), the step at which the current optimizer and schedule were built, the best validation value,
+the python/numpy/torch RNG states (restored just before the first batch after a resume, so dropout draws
+the uninterrupted stream) and the run's config, which a resume must match. The method's per-step hook runs
+in a callback placed before Lightning's ModelCheckpoint, so a checkpoint taken at step ``s`` already holds
+what the method did at ``s`` (e.g. SMT's switch to blocks).
 """
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from peftlab.config_utils import require
 from peftlab.methods.base import Method
 from peftlab.tasks.base import Task
 
 
 class PeftModule(pl.LightningModule):
-    def __init__(self, model: nn.Module, method: Method, task: Task, optim: dict[str, Any]) -> None:
+    def __init__(self, model: nn.Module, method: Method, task: Task, optim: dict[str, Any],
+                 run_config: dict[str, Any] | None = None) -> None:
+        """``run_config``: the settings a checkpoint must have been trained with to be resumed (see train.py)."""
         super().__init__()
         self.model = model.train()  # HF models load in eval mode; Lightning keeps the mode it finds
         self.method = method
         self.task = task
         self.optim = optim
+        self.run_config = run_config or {}
         self.strict_loading = False  # frozen weights are not in our checkpoints: they come from the base model
         self._outputs: dict[str, list[dict[str, Any]]] = {"validation": [], "test": []}
         self.best: dict[str, float] = {}
+        self.schedule_start = 0  # global step at which the current optimizer and schedule were built
+        self._rng_to_restore: dict[str, Any] | None = None
 
     # ---- training ----
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -44,10 +59,22 @@ class PeftModule(pl.LightningModule):
     def on_after_backward(self) -> None:
         self.method.on_after_backward(self.model)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def configure_callbacks(self) -> list[pl.Callback]:
+        if any(isinstance(c, MethodStep) for c in self.trainer.callbacks):
+            return []  # attached by an earlier fit/test of this trainer
+        return [MethodStep()]  # Lightning orders ModelCheckpoint after it
+
+    def method_step(self) -> None:
+        """After each optimizer step (from :class:`MethodStep`, before any checkpoint of that step)."""
         if self.method.on_train_batch_end(self.model, self.global_step):
             # the set of trainable tensors changed (e.g. SMT after warm-up): new optimizer + schedule
+            self.schedule_start = self.global_step
             self.trainer.strategy.setup_optimizers(self.trainer)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._rng_to_restore is not None:  # first batch after a resume: continue the saved random streams
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -59,7 +86,8 @@ class PeftModule(pl.LightningModule):
             betas=tuple(o["betas"]),
             eps=o["eps"],
         )
-        total = max(1, self.trainer.estimated_stepping_batches - self.global_step)
+        # schedule_start, not global_step: on a resume Lightning builds the optimizer before it restores the step
+        total = max(1, self.trainer.estimated_stepping_batches - self.schedule_start)
         warmup = int(o["warmup_ratio"] * total) if o.get("warmup_steps") is None else int(o["warmup_steps"])
 
         def schedule(step: int) -> float:
@@ -101,12 +129,60 @@ class PeftModule(pl.LightningModule):
         keep |= {f"model.{n}" for n, _ in self.model.named_buffers()}
         keep |= {f"model.{n}" for n in self.method.checkpoint_names(self.model)}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["peftlab"] = {"method_state": self.method.method_state(), "best": dict(self.best)}
+        checkpoint["peftlab"] = {
+            "method_state": self.method.method_state(),
+            "resume_state": self.method.resume_state(),
+            "best": dict(self.best),
+            "schedule_start": self.schedule_start,
+            "rng": get_rng_state(),
+            "run_config": self.run_config,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Runs before Lightning loads the state dict and builds the optimizer: structure first, then tensors."""
         extra = checkpoint.get("peftlab", {})
+        saved = extra.get("run_config") or {}
+        if saved and self.run_config:
+            differ = sorted(k for k in set(saved) | set(self.run_config) if saved.get(k) != self.run_config.get(k))
+            require(not differ, "the checkpoint was trained with other settings: "
+                    + "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {self.run_config.get(k)!r}" for k in differ[:5])
+                    + " (resume with the same config, or start a new run dir / auto_resume=false)")
         self.model = self.method.load_method_state(self.model, extra.get("method_state", {}))
+        self.method.load_resume_state(self.model, extra.get("resume_state", {}))
         self.best = dict(extra.get("best", {}))
+        self.schedule_start = int(extra.get("schedule_start", 0))
+        self._rng_to_restore = extra.get("rng")
+
+
+class MethodStep(pl.Callback):
+    """Calls the method's per-step hook; a callback so that it runs before ModelCheckpoint saves the step."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        assert isinstance(pl_module, PeftModule)
+        pl_module.method_step()
+
+
+def get_rng_state() -> dict[str, Any]:
+    """python, numpy, torch CPU (and CUDA, when present) RNG states, as types ``torch.load(weights_only=True)``
+    accepts (Lightning loads checkpoints that way)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state(),
+                             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`get_rng_state`."""
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _batch_size(batch: dict[str, Any]) -> int:

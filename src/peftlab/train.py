@@ -85,8 +85,6 @@ def _check_checkpoint(path: Path) -> None:
     require(bad is None, f"ckpt_path={path} is corrupted (bad CRC in '{bad}')")
 
 
-
-
 def build_model(cfg: DictConfig) -> tuple[nn.Module, Method, Task, ModelSpec, Any]:
     """Validate, seed, load the backbone and apply the method (no data yet); also used by adapter export.
 
@@ -106,13 +104,47 @@ def build(cfg: DictConfig) -> tuple[PeftModule, TaskDataModule, ModelSpec]:
     print(f"[peftlab] method={method.name} model={spec.name} task={task.name}: "
           f"trainable {trainable:,} / {total:,} params ({100 * trainable / total:.4f}%)")
     task.setup(preprocessor, cfg.seed)
-    module = PeftModule(model, method, task, to_dict(cfg.optim))
-    return module, TaskDataModule(task, cfg.get("num_workers", 0)), spec
+    module = PeftModule(model, method, task, to_dict(cfg.optim), run_config=resume_fingerprint(cfg))
+    return module, TaskDataModule(task, cfg.get("num_workers", 0), cfg.seed), spec
+
+
+def resume_fingerprint(cfg: DictConfig) -> dict[str, Any]:
+    """The settings a checkpoint must share with the run that resumes it (see docs/resume.md)."""
+    return {key: OmegaConf.to_container(cfg[key], resolve=True) if isinstance(cfg[key], DictConfig) else cfg[key]
+            for key in ("seed", "model", "method", "task", "optim") if key in cfg}
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    """What ``trainer.fit`` resumes from: ``ckpt_path`` (a file, or ``last`` = the newest ``last*.ckpt`` of this
+    run's checkpoint dir) or, with ``auto_resume`` (default), the ``last.ckpt`` already in this run's checkpoint
+    dir (a run started again with the same ``hydra.run.dir``); None starts from scratch."""
+    explicit = cfg.get("ckpt_path")
+    if explicit:
+        require(explicit == "last" or Path(explicit).is_file(),
+                f"ckpt_path={explicit}: no such file (give a checkpoint file, or 'last' for this run dir's last.ckpt)")
+        return str(explicit)
+    dirpath = OmegaConf.select(cfg, "callbacks.checkpoint.dirpath")
+    if cfg.get("auto_resume", True) and dirpath and (Path(dirpath) / "last.ckpt").is_file():
+        print(f"[peftlab] resuming from {Path(dirpath) / 'last.ckpt'} (auto_resume; auto_resume=false starts over)")
+        return str(Path(dirpath) / "last.ckpt")
+    return None
 
 
 def _instantiate_all(group: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a config group such as ``logger`` or ``callbacks`` (may be empty)."""
     return [hydra.utils.instantiate(c) for c in (group or {}).values()]
+
+
+def _record_path(cfg: DictConfig, out_dir: Path, model_name: str, module: PeftModule, resuming: bool) -> Path:
+    """A new record path, or, when resuming, the killed run's (named in ``<output_dir>/record_path``), so a
+    resumed run completes its own record instead of leaving a 'running' one behind."""
+    pointer = out_dir / "record_path"
+    if resuming and pointer.is_file():
+        return Path(pointer.read_text().strip())
+    path = results.record_path(cfg.paths.results_dir, module.task.name, module.method.name, model_name, cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pointer.write_text(str(path))
+    return path
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -125,7 +157,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     callbacks = _instantiate_all(cfg.get("callbacks"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
 
-    path = results.record_path(cfg.paths.results_dir, module.task.name, module.method.name, spec.name, cfg.seed)
+    ckpt_path = resume_checkpoint(cfg)
+    path = _record_path(cfg, out_dir, spec.name, module, resuming=ckpt_path is not None)
     record: dict[str, Any] = {
         "record_version": results.RECORD_VERSION,
         "status": "running",
@@ -140,10 +173,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "hardware": results.hardware(),
         "versions": results.versions(),
         "output_dir": str(out_dir),
+        "resumed_from": ckpt_path,
     }
     try:
         if cfg.get("train", True):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("train/")}
         if cfg.get("test", True):
             for row in trainer.test(module, datamodule=datamodule, verbose=False):

@@ -111,6 +111,14 @@ class Method:
         """Rebuild the structure described by :meth:`method_state` on a freshly applied model."""
         return model
 
+    def resume_state(self) -> dict[str, Any]:
+        """Training-time state an exactly resumed run needs beyond the state dict and :meth:`method_state`
+        (may hold tensors; checkpoints only, never run records), e.g. SMT's warm-up gradient sums."""
+        return {}
+
+    def load_resume_state(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """Restore :meth:`resume_state` (after :meth:`load_method_state`, before the state dict loads)."""
+
     def extra_counts(self, model: nn.Module) -> dict[str, Any]:
         """Method-specific parameter counts for the run record (e.g. CapaBoost: stored vs receiving gradient)."""
         return {}

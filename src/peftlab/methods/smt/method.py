@@ -233,9 +233,23 @@ class SparseMatrixTuning(Method):
                          trainable_block_params=sum(map(len, self.selection.values())) * self.config.block_size**2)
         return state
 
+    def resume_state(self) -> dict[str, Any]:
+        """During warm-up, the fp32 gradient sums so far, so a run resumed inside the warm-up selects the blocks
+        an uninterrupted run selects."""
+        if self.phase != "warmup":
+            return {}
+        return {"grad_sums": {n: g.detach().clone() for n, g in self.grad_sums.items()}}
+
+    def load_resume_state(self, model: nn.Module, state: dict[str, Any]) -> None:
+        if self.phase == "warmup" and "grad_sums" in state:
+            device = {n: m.weight.device for pool in self.pools.values() for n, m in pool.items()}
+            self.grad_sums.clear()  # in place: the gradient hooks hold this dict
+            self.grad_sums.update({n: g.to(device=device.get(n, g.device), dtype=torch.float32)
+                                   for n, g in state["grad_sums"].items()})
+
     def load_method_state(self, model: nn.Module, state: dict[str, Any]) -> nn.Module:
         if state.get("phase") != "blocks" or self.phase == "blocks":
-            return model  # a warm-up checkpoint: warm-up goes on (its gradient sum restarts from zero)
+            return model  # a warm-up checkpoint: warm-up goes on (gradient sums come from load_resume_state)
         require(state.get("block_size") == self.config.block_size,
                 f"checkpoint used block_size {state.get('block_size')}, config says {self.config.block_size}")
         self._remove_hooks()

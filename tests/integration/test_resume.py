@@ -1,0 +1,134 @@
+"""Kill-and-resume: a ``train.py`` subprocess is SIGKILLed mid-run (after a checkpoint exists), resumed, and
+must end exactly where an uninterrupted run with the same seed ends: same test metrics and bit-identical final
+trainable tensors, buffers (CapaBoost masks) and optimizer-visible state. The kill comes from a callback
+injected through the config (``+callbacks.kill``), so the kill point is exact and the test is not timing-bound.
+
+Every case: 64 training examples, batch 16 → 4 steps per epoch, 3 epochs = 12 steps, ``last.ckpt`` every 3
+steps (so the last one is step 12 in both runs and can be compared), dropout on (tiny BERT: 0.1).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from omegaconf import open_dict
+
+from peftlab.train import run
+from tests.conftest import ROOT, TINY, compose_config
+
+STEPS = 12
+COMMON = [*TINY, "trainer.max_epochs=3", "task.num_train=64", "task.batch_size=16", "callbacks=default",
+          "callbacks.checkpoint.every_n_train_steps=3", "optim.warmup_steps=2"]
+SMT = ["method=smt", "method.block_size=16", "method.budget_unit=blocks", "method.budget=4", "method.warmup_steps=6",
+       "method.lr=1e-3", "method.smt_lr=1e-2"]
+
+
+class KillAtStep(pl.Callback):
+    """SIGKILLs its own process when the batch after optimizer step ``step`` starts (the checkpoint of any step
+    ≤ ``step`` is on disk by then): the kind of death no ``finally`` or Lightning hook sees."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _killed_run(overrides: list[str], run_dir: Path, results_dir: Path, kill_at: int) -> None:
+    args = [*overrides, f"hydra.run.dir={run_dir}", f"paths.results_dir={results_dir}",
+            f"+callbacks.kill._target_={__name__}.KillAtStep", f"+callbacks.kill.step={kill_at}"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same kernels as this process
+    proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=env)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file(), "the killed run left no checkpoint"
+
+
+def _in_process(overrides: list[str], out_dir: Path, results_dir: Path) -> dict[str, float]:
+    cfg = compose_config(overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        cfg.paths.results_dir = str(results_dir)
+    return run(cfg)
+
+
+def _final_state(out_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    ckpt = torch.load(out_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == STEPS
+    return ckpt["state_dict"], ckpt
+
+
+def _assert_resume_equals_uninterrupted(tmp_path: Path, overrides: list[str], kill_at: int,
+                                        resume_with: str = "auto") -> dict[str, Any]:
+    overrides = [*COMMON, *overrides]
+    whole = _in_process(overrides, tmp_path / "whole", tmp_path / "runs_whole")
+
+    run_dir = tmp_path / "killed"
+    _killed_run(overrides, run_dir, tmp_path / "runs", kill_at)
+    killed_step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert 0 < killed_step < STEPS
+    resumed = _in_process([*overrides, *(["ckpt_path=last"] if resume_with == "last" else [])], run_dir,
+                          tmp_path / "runs")
+
+    assert resumed == whole
+    a, ckpt_whole = _final_state(tmp_path / "whole")
+    b, ckpt_resumed = _final_state(run_dir)
+    assert a.keys() == b.keys() and a
+    for name in a:
+        assert torch.equal(a[name], b[name]), f"{name} differs after resume (killed at step {kill_at})"
+    assert ckpt_whole["peftlab"]["method_state"] == ckpt_resumed["peftlab"]["method_state"]
+
+    import json  # the killed run's record is completed by the resumed run, not left 'running'
+    (record_file,) = (tmp_path / "runs").rglob("*.json")
+    record = json.loads(record_file.read_text())
+    assert record["status"] == "complete" and record["resumed_from"] and record["global_steps"] == STEPS
+    return ckpt_resumed
+
+
+def test_lora_mid_epoch_kill_resumes_exactly(tmp_path: Path) -> None:
+    """Killed in epoch 2 at step 7, resumed from step 6 (mid-epoch), by rerunning into the same run dir."""
+    _assert_resume_equals_uninterrupted(tmp_path, ["method=lora", "method.lr=5e-3"], kill_at=7)
+
+
+def test_smt_killed_during_warmup_resumes_exactly(tmp_path: Path) -> None:
+    """Checkpoint at step 3 of a 6-step warm-up: the gradient sums come back, the same blocks are selected."""
+    ckpt = _assert_resume_equals_uninterrupted(tmp_path, SMT, kill_at=5, resume_with="last")
+    assert ckpt["peftlab"]["method_state"]["phase"] == "blocks"
+
+
+def test_smt_killed_after_switch_resumes_exactly(tmp_path: Path) -> None:
+    """Checkpoint at step 9, three steps into block training: blocks rebuilt before the optimizer state loads."""
+    _assert_resume_equals_uninterrupted(tmp_path, SMT, kill_at=10)
+
+
+@pytest.mark.slow
+def test_smt_checkpoint_at_the_switch_step_resumes_exactly(tmp_path: Path) -> None:
+    """The checkpoint of step 6 (= warmup_steps) already holds the switch (the method hook runs before
+    ModelCheckpoint), so the resumed run trains blocks from step 7, as the uninterrupted run."""
+    _assert_resume_equals_uninterrupted(tmp_path, SMT, kill_at=8)
+
+
+@pytest.mark.slow
+def test_capaboost_resumes_exactly_with_its_masks(tmp_path: Path) -> None:
+    ckpt = _assert_resume_equals_uninterrupted(tmp_path, ["method=capaboost_lora", "method.r=4"], kill_at=7)
+    masks = [k for k in ckpt["state_dict"] if k.endswith(".mask")]
+    assert masks, "CapaBoost masks are not in the checkpoint"
+
+
+def test_resuming_with_other_settings_fails_clearly(tmp_path: Path) -> None:
+    from peftlab.errors import ConfigError
+
+    overrides = [*COMMON, "method=lora", "trainer.max_epochs=1", "callbacks.checkpoint.every_n_train_steps=2"]
+    _in_process(overrides, tmp_path / "out", tmp_path / "runs")
+    with pytest.raises(ConfigError, match=r"other settings: method: .*'r': 8.*'r': 4"):
+        _in_process([*overrides, "method.r=4"], tmp_path / "out", tmp_path / "runs")
