@@ -68,6 +68,19 @@ def peak_memory() -> dict[str, Any]:
     return out
 
 
+def command() -> str:
+    """The command that reproduces this run: ``python train.py`` + this job's Hydra overrides (one job of a
+    multirun gets its own point, e.g. ``seed=1`` rather than ``seed=0,1``); outside Hydra, ``sys.argv``."""
+    import shlex
+    import sys
+
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return shlex.join(sys.argv)
+    return shlex.join(["python", "train.py", *HydraConfig.get().overrides.task])
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

@@ -172,6 +172,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "git": results.git_commit(),
         "hardware": results.hardware(),
         "versions": results.versions(),
+        "command": results.command(),
         "output_dir": str(out_dir),
         "resumed_from": ckpt_path,
     }

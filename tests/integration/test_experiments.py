@@ -73,7 +73,8 @@ def test_submitit_slurm_launcher_config() -> None:
 def test_tiny_mini_point_end_to_end_then_skipped(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     cmd = [sys.executable, "scripts/reproduce.py", "capaboost_vtab", "--mini", "--methods", "lora", "--seeds", "0",
-           "--runs-dir", str(runs), "--no-tables", "--", "task.epochs=1", f"hydra.sweep.dir={tmp_path}/multirun"]
+           "--runs-dir", str(runs), "--no-tables", "--", "task.epochs=1", "trainer.limit_train_batches=4",
+           f"hydra.sweep.dir={tmp_path}/multirun"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (path,) = runs.rglob("*.json")
@@ -81,5 +82,6 @@ def test_tiny_mini_point_end_to_end_then_skipped(tmp_path: Path) -> None:
     assert record["status"] == "complete"
     assert record["config"]["table"] == {**record["config"]["table"], "name": "capaboost_vtab", "row": "lora"}
     assert "table:capaboost_vtab" in record["tags"] and record["model"] == "tiny_vit"
+    assert record["command"].startswith("python train.py experiment=capaboost_vtab ") and "seed=0" in record["command"]
     again = subprocess.run([*cmd[:cmd.index("--")], "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "1 already complete" in again.stdout and "0 to run" in again.stdout
