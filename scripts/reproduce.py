@@ -76,17 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     root = f"multirun/{args.table}{'-mini' if args.mini else ''}/{stamp}"
     cmds = rp.commands(todo, args.table, launcher=args.launcher, sweep_root=root,
                        extra=[f"paths.results_dir={runs_dir}", *args.extra])
-    failed = 0
-    if args.launcher and not args.dry_run:  # each call waits on its cluster jobs: submit all groups at once
-        procs = [(c, subprocess.Popen(c, cwd=rp.ROOT)) for c in cmds]
-        failed = sum(p.wait() != 0 for _, p in procs)
-    else:
-        for cmd in cmds:
-            print("$", rp.shell(cmd), flush=True)
-            if not args.dry_run:
-                failed += subprocess.run(cmd, cwd=rp.ROOT).returncode != 0
+    for cmd in cmds:
+        print("$", rp.shell(cmd), flush=True)
     if args.dry_run:
         return 0
+    if args.launcher:  # each call waits on its cluster jobs: submit all groups at once
+        procs = [subprocess.Popen(c, cwd=rp.ROOT) for c in cmds]
+        failed = sum(p.wait() != 0 for p in procs)
+    else:
+        failed = sum(subprocess.run(c, cwd=rp.ROOT).returncode != 0 for c in cmds)
     if failed:
         print(f"[reproduce] {failed} multirun(s) failed; their runs stay missing (rerun to resume)", file=sys.stderr)
     if not args.no_tables:
