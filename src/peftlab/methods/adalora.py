@@ -103,7 +103,24 @@ class AdaLora(PeftMethod):
     def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
         model = super().apply(model, spec)
         self._peft_cfg = self._adalora_config(model)  # method_state() reads the live schedule and rank pattern
+        self._allocator = model.base_model.rankallocator  # resume_state() reads its sensitivity averages
         return model
+
+    def resume_state(self) -> dict[str, Any]:
+        """peft's RankAllocator sensitivity and uncertainty averages (Eq. 6-7 of the AdaLoRA paper): the
+        budget allocation after a resume depends on them (docs/resume.md)."""
+        alloc = getattr(self, "_allocator", None)
+        if alloc is None:
+            return {}
+        return {key: {n: t.detach().clone() for n, t in getattr(alloc, key).items()}
+                for key in ("ipt", "exp_avg_ipt", "exp_avg_unc")}
+
+    def load_resume_state(self, model: nn.Module, state: dict[str, Any]) -> None:
+        alloc = getattr(self, "_allocator", None)
+        device = next(model.parameters()).device
+        for key, tensors in state.items():
+            if alloc is not None:
+                getattr(alloc, key).update({n: t.to(device) for n, t in tensors.items()})
 
     def method_state(self) -> dict[str, Any]:
         cfg = getattr(self, "_peft_cfg", None)
