@@ -124,9 +124,11 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
                 f"ckpt_path={explicit}: no such file (give a checkpoint file, or 'last' for this run dir's last.ckpt)")
         return str(explicit)
     dirpath = OmegaConf.select(cfg, "callbacks.checkpoint.dirpath")
-    if cfg.get("auto_resume", True) and dirpath and (Path(dirpath) / "last.ckpt").is_file():
-        print(f"[peftlab] resuming from {Path(dirpath) / 'last.ckpt'} (auto_resume; auto_resume=false starts over)")
-        return str(Path(dirpath) / "last.ckpt")
+    last = Path(dirpath) / "last.ckpt" if dirpath else None
+    if cfg.get("auto_resume", True) and last is not None and last.is_file():
+        _check_checkpoint(last)
+        print(f"[peftlab] resuming from {last} (auto_resume; auto_resume=false starts over)")
+        return str(last)
     return None
 
 

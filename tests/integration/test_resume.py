@@ -172,3 +172,12 @@ def test_every_method_resumes_exactly_in_process(tmp_path: Path, method: str) ->
     b, _ = _final_state(tmp_path / "cut")
     assert a.keys() == b.keys()
     assert not [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_corrupted_checkpoint_in_the_run_dir_fails_before_training(tmp_path: Path) -> None:
+    from peftlab.errors import ConfigError
+
+    (tmp_path / "out" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "out" / "checkpoints" / "last.ckpt").write_bytes(b"truncated by a kill")
+    with pytest.raises(ConfigError, match="last.ckpt is not a readable checkpoint"):
+        _in_process([*COMMON, "method=lora"], tmp_path / "out", tmp_path / "runs")
