@@ -42,7 +42,8 @@ class PeftModule(pl.LightningModule):
         self.strict_loading = False  # frozen weights are not in our checkpoints: they come from the base model
         self._outputs: dict[str, list[dict[str, Any]]] = {"validation": [], "test": []}
         self.best: dict[str, float] = {}
-        self.schedule_start = 0  # global step at which the current optimizer and schedule were built
+        self.schedule_start = 0  # global step at which the current optimizer and scheduler were built
+        self.schedule_origin = 0  # global step at which the current lr schedule (warm-up, decay) began
         self._rng_to_restore: dict[str, Any] | None = None
 
     # ---- training ----
@@ -67,8 +68,11 @@ class PeftModule(pl.LightningModule):
     def method_step(self) -> None:
         """After each optimizer step (from :class:`MethodStep`, before any checkpoint of that step)."""
         if self.method.on_train_batch_end(self.model, self.global_step):
-            # the set of trainable tensors changed (e.g. SMT after warm-up): new optimizer + schedule
+            # the set of trainable tensors changed (e.g. SMT after warm-up): new optimizer, and a new schedule
+            # unless the method keeps one across rebuilds (LISA's periodic layer draws)
             self.schedule_start = self.global_step
+            if self.method.restarts_schedule:
+                self.schedule_origin = self.global_step
             self.trainer.strategy.setup_optimizers(self.trainer)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -86,11 +90,14 @@ class PeftModule(pl.LightningModule):
             betas=tuple(o["betas"]),
             eps=o["eps"],
         )
-        # schedule_start, not global_step: on a resume Lightning builds the optimizer before it restores the step
-        total = max(1, self.trainer.estimated_stepping_batches - self.schedule_start)
+        # schedule_start/origin, not global_step: on a resume Lightning builds the optimizer before it restores the
+        # step. The scheduler counts from schedule_start; the schedule itself runs from schedule_origin.
+        total = max(1, self.trainer.estimated_stepping_batches - self.schedule_origin)
         warmup = int(o["warmup_ratio"] * total) if o.get("warmup_steps") is None else int(o["warmup_steps"])
+        offset = self.schedule_start - self.schedule_origin
 
-        def schedule(step: int) -> float:
+        def schedule(scheduler_step: int) -> float:
+            step = scheduler_step + offset
             if step < warmup:
                 return (step + 1) / (warmup + 1)
             return max(0.0, (total - step) / max(1, total - warmup))
@@ -134,6 +141,7 @@ class PeftModule(pl.LightningModule):
             "resume_state": self.method.resume_state(),
             "best": dict(self.best),
             "schedule_start": self.schedule_start,
+            "schedule_origin": self.schedule_origin,
             "rng": get_rng_state(),
             "run_config": self.run_config,
         }
@@ -151,6 +159,7 @@ class PeftModule(pl.LightningModule):
         self.method.load_resume_state(self.model, extra.get("resume_state", {}))
         self.best = dict(extra.get("best", {}))
         self.schedule_start = int(extra.get("schedule_start", 0))
+        self.schedule_origin = int(extra.get("schedule_origin", self.schedule_start))
         self._rng_to_restore = extra.get("rng")
 
 

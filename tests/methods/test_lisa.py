@@ -94,6 +94,26 @@ def test_optimizer_is_rebuilt_over_the_active_blocks_in_a_run(cfg_factory) -> No
     assert sum(p.numel() for g in optimizer.param_groups for p in g["params"]) == lisa_count(1)
 
 
+def test_one_lr_schedule_across_rebuilds(cfg_factory) -> None:
+    """A rebuild at every step (K=1) continues the run's schedule instead of warming up again (LMFlow keeps one)."""
+    import hydra
+    import pytorch_lightning as pl
+
+    cfg = cfg_factory("method=lisa", "method.activated_layers=1", "method.interval_steps=1", "method.lr=1e-3",
+                      "optim.warmup_steps=1", "test=false", "+trainer.limit_val_batches=0")
+    module, datamodule, _ = build(cfg)
+    lrs: list[float] = []
+
+    class RecordLr(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[RecordLr()])
+    trainer.fit(module, datamodule=datamodule)
+    # 4 steps, 1 warm-up step: factors 1/2, then linear decay (4-s)/3 — a restarted schedule would give 1/2 again
+    assert lrs == pytest.approx([1e-3 * f for f in (0.5, 1.0, 2 / 3, 1 / 3)])
+
+
 def test_budget_counts_instantaneous_and_expected() -> None:
     budget = count(compose([*TINY, "method=lisa", "method.activated_layers=1"]))
     assert budget.trainable == budget.extra["instantaneous"] == budget.extra["expected"] == lisa_count(1)

@@ -40,6 +40,9 @@ class Method:
     """Transforms a backbone into a model whose only trainable parameters are the method's."""
 
     config_cls: ClassVar[type[MethodConfig]] = MethodConfig
+    # When on_train_batch_end reports a new trainable set, the optimizer is rebuilt. True: the lr schedule starts
+    # again (SMT's block phase has its own lr and warm-up); False: the one schedule of the run continues (LISA).
+    restarts_schedule: ClassVar[bool] = True
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config

@@ -15,8 +15,6 @@ memory saving the paper claims. Departures:
   fresh moments;
 - the draw for period p comes from a generator seeded by (``sample_seed``, p) instead of numpy's global
   stream, so a resumed run continues the same sequence and the run seed fixes it;
-- the module builds a new learning-rate schedule (warm-up, then linear decay over the remaining steps) at
-  each rebuild, while LMFlow keeps one schedule; set ``optim.warmup_ratio=0`` to avoid repeated warm-ups.
 - blocks are the largest ``nn.ModuleList`` of the model (``layers`` names another), so any architecture works.
 """
 
@@ -68,6 +66,7 @@ def transformer_blocks(model: nn.Module, path: str | None) -> tuple[str, nn.Modu
 @METHODS.register("lisa")
 class Lisa(Method):
     config_cls = LisaConfig
+    restarts_schedule = False  # one lr schedule for the whole run, as LMFlow's single HF-Trainer schedule
     config: LisaConfig
 
     def __init__(self, config: LisaConfig) -> None:
