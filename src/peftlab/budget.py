@@ -40,7 +40,7 @@ from peftlab.errors import ConfigError, PeftlabError
 from peftlab.methods import build_method
 from peftlab.methods.base import count_parameters
 from peftlab.models import ModelSpec, load_backbone, resolve_path
-from peftlab.train import validate
+from peftlab.train import validate_config
 
 
 @dataclass
@@ -101,7 +101,7 @@ def meta_backbone(spec: ModelSpec, head: str, num_labels: int | None) -> nn.Modu
 
 def count(cfg: DictConfig, base: nn.Module | None = None) -> Budget:
     """Counts for ``cfg`` (a composed project config); ``base`` reuses an already built meta backbone."""
-    spec, method, task = validate(cfg)
+    spec, method, task = validate_config(cfg)
     if base is None:
         base = meta_backbone(spec, task.head, task.num_labels)
     base_total = count_parameters(base)[1]
@@ -134,7 +134,7 @@ def solve(overrides: list[str], key: str, target: float, max_value: int = 1 << 2
     """
     require(key.startswith("method."), f"--solve takes a method option such as method.r, got '{key}'")
     cfg = compose(overrides)
-    spec, _, task = validate(cfg)
+    spec, _, task = validate_config(cfg)
     base = meta_backbone(spec, task.head, task.num_labels)
     cache: dict[int, Budget] = {}
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             print("target: " + describe(ref_cfg, ref))
             target = float(ref.trainable)
         else:
-            spec, _, task = validate(cfg)
+            spec, _, task = validate_config(cfg)
             target = parse_count(args.target, count_parameters(meta_backbone(spec, task.head, task.num_labels))[1])
         print(f"solving {args.solve} for {target:,.0f} trainable parameters")
         for value, b in solve(args.overrides, args.solve, target):

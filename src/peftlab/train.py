@@ -31,15 +31,9 @@ log = logging.getLogger(__name__)
 
 
 def validate(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
-    """Check the whole config before any data or weights load; return the built parts."""
-    spec = build_dataclass(ModelSpec, cfg.model, f"model '{cfg.model.get('name')}'")
-    method = build_method(cfg.method)
-    task = build_task(cfg.task)
-    if method.config.targets:
-        spec.target_regex(method.config.targets)  # unknown logical targets fail here
-    o = cfg.optim
-    require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
-    require(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}")
+    """Check the whole config and what a run needs from the machine (local data, writable output dirs, a readable
+    checkpoint) before any data or weights load; return the built parts."""
+    spec, method, task = validate_config(cfg)
     _check_local_data(task)
     for key in ("results_dir", "output_dir"):
         where = OmegaConf.select(cfg, f"paths.{key}", throw_on_resolution_failure=False)  # None outside Hydra
@@ -48,6 +42,19 @@ def validate(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
     ckpt = cfg.get("ckpt_path")
     if ckpt and ckpt != "last" and Path(ckpt).is_file():
         _check_checkpoint(Path(ckpt))
+    return spec, method, task
+
+
+def validate_config(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
+    """The config alone (names, ranges, targets): what the budget calculator needs, without data or outputs."""
+    spec = build_dataclass(ModelSpec, cfg.model, f"model '{cfg.model.get('name')}'")
+    method = build_method(cfg.method)
+    task = build_task(cfg.task)
+    if method.config.targets:
+        spec.target_regex(method.config.targets)  # unknown logical targets fail here
+    o = cfg.optim
+    require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
+    require(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}")
     return spec, method, task
 
 
@@ -153,7 +160,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one configuration; write its record; return its metrics."""
     start = time.time()
     module, datamodule, spec = build(cfg)
-    trainable_before, total = count_parameters(module.model)
+    trainable_at_start, total = count_parameters(module.model)
     out_dir = Path(cfg.paths.output_dir)
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks = _instantiate_all(cfg.get("callbacks"))
@@ -195,8 +202,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         finished=results.now(),
         metrics=metrics,
         main_metric=module.task.main_metric,
-        params={"trainable": trainable_before, "total": total, "trainable_final": trainable,
-                "trainable_pct": 100.0 * trainable_before / total,
+        # "trainable": the set the method ends up training (SMT/SPT switch from a warm-up or sensitivity phase
+        # that touches more; LISA's γ active blocks), the count papers report and tables use
+        params={"trainable": trainable, "total": total, "trainable_at_start": trainable_at_start,
+                "trainable_pct": 100.0 * trainable / total,
                 "method": module.method.extra_counts(module.model)},
         train_head=module.method.config.train_head,
         method_state=module.method.method_state(),  # e.g. SMT's selected blocks per layer and matrix type
