@@ -4,23 +4,58 @@ y = x (W₀ + scatter(indices, values))ᵀ + b. ``spiel_indices`` (a buffer of k
 and ``spiel_values`` (k trainable fp32 values, initialised at 0, as the official ``dtype=float32`` deltas)
 are the whole update; W₀ and b stay frozen and never get a ``.grad``.
 
-Departure: the official code has a CUDA kernel (``linear-sd``) that never materialises the dense delta. We
-build it in each forward (``index_put`` of the values into a zero tensor of W's size) and multiply by
-W₀ + ΔW, so autograd forms the dense gradient dL/dW transiently and gathers its k entries for ``values``.
-That costs one weight-sized temporary per layer (no optimizer state, no stored ``.grad``): fine for the ≤ 1B
-models this repository trains, not the paper's memory profile. The same dense gradient is what the growth
-step reads (``grad_hook``), as the official backward hook does during accumulation windows.
+Departure: the official code has a CUDA kernel (``linear-sd``) that never materialises the dense delta. Our
+autograd function builds ΔW transiently: forward computes x (W₀ + ΔW)ᵀ + b and saves only x (as LoRA does);
+backward rebuilds W₀ + ΔW for the input gradient and forms the dense dL/dW = gᵀx in fp32 once, gathering its k
+entries for ``values`` (and handing it to ``grad_hook`` in accumulation windows, as the official backward hook
+reads the dense weight gradient). So the cost is weight-sized temporaries per layer during forward/backward
+(no stored ``.grad``, no optimizer state for W): fine for the ≤ 1B models this repository trains, not the
+paper's memory profile.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from peftlab.methods.delta_linear import DeltaLinear
+
+
+def _scatter(values: torch.Tensor, indices: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    return values.new_zeros(shape.numel()).index_put_((indices,), values).view(shape)
+
+
+class _SparseDeltaLinearFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, values: torch.Tensor,
+                indices: torch.Tensor, grad_hook: Callable[[torch.Tensor], None] | None) -> torch.Tensor:
+        delta = _scatter(values.detach(), indices, weight.shape).to(weight.dtype)
+        ctx.save_for_backward(x, weight, values, indices)
+        ctx.grad_hook, ctx.has_bias = grad_hook, bias is not None
+        return F.linear(x, weight + delta, bias)  # (..., out); W₀ + ΔW is not kept for backward
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, values, indices = ctx.saved_tensors
+        g = grad_out.reshape(-1, grad_out.shape[-1])  # (N, out)
+        grad_x = grad_bias = grad_values = None
+        if ctx.needs_input_grad[1]:
+            raise RuntimeError("SpIEL keeps the dense weight frozen; it must not require grad")
+        if ctx.needs_input_grad[0]:
+            merged = weight + _scatter(values.detach(), indices, weight.shape).to(weight.dtype)
+            grad_x = (g @ merged).view(*grad_out.shape[:-1], weight.shape[1])  # (..., in)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = g.sum(0)
+        if ctx.needs_input_grad[3] or ctx.grad_hook is not None:
+            dense = g.float().t() @ x.reshape(-1, x.shape[-1]).float()  # dL/dW (out, in), transient
+            if ctx.grad_hook is not None:
+                ctx.grad_hook(dense)
+            grad_values = dense.view(-1)[indices].to(values.dtype) if ctx.needs_input_grad[3] else None
+        return grad_x, None, grad_bias, grad_values, None, None
 
 
 class SparseDeltaLinear(DeltaLinear):
@@ -38,18 +73,15 @@ class SparseDeltaLinear(DeltaLinear):
         self.grad_hook: Callable[[torch.Tensor], None] | None = None  # set during accumulation windows
 
     def dense_delta(self) -> torch.Tensor:
-        """ΔW (out, in), differentiable in ``spiel_values``."""
-        flat = self.spiel_values.new_zeros(self.out_features * self.in_features)
-        return flat.index_put((self.spiel_indices,), self.spiel_values).view(self.out_features, self.in_features)
+        """ΔW (out, in) from the current indices and values (no autograd graph)."""
+        return _scatter(self.spiel_values.detach(), self.spiel_indices, self.weight.shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        delta = self.dense_delta()
-        if self.grad_hook is not None and delta.requires_grad:
-            delta.register_hook(self.grad_hook)  # receives dL/dW (out, in): the growth criterion
-        return F.linear(x, self.weight + delta.to(self.weight.dtype), self.bias)
+        return _SparseDeltaLinearFn.apply(x, self.weight, self.bias, self.spiel_values, self.spiel_indices,
+                                          self.grad_hook)
 
     def delta_weight(self) -> torch.Tensor:
-        return self.dense_delta().detach()
+        return self.dense_delta()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, k={self.spiel_values.numel()}"
