@@ -87,13 +87,27 @@ def make_method(setting: dict[str, Any], fill: dict[str, Any]) -> Method:
     return build_method(node)
 
 
+def dense_parts(t: torch.Tensor) -> list[torch.Tensor]:
+    """The strided tensors holding ``t``'s memory (a sparse COO tensor, e.g. SHiRA's, has no storage of its own)."""
+    if t.layout == torch.sparse_coo:
+        return [t._indices(), t._values()]
+    return [t]
+
+
+def storage_ptr(t: torch.Tensor) -> int:
+    return dense_parts(t)[-1].untyped_storage().data_ptr()
+
+
 def tensor_bytes(tensors: Any) -> int:
     seen: set[int] = set()
     total = 0
     for t in tensors:
-        if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
-            seen.add(t.untyped_storage().data_ptr())
-            total += t.untyped_storage().nbytes()
+        if not isinstance(t, torch.Tensor):
+            continue
+        for part in dense_parts(t):
+            if part.untyped_storage().data_ptr() not in seen:
+                seen.add(part.untyped_storage().data_ptr())
+                total += part.untyped_storage().nbytes()
     return total
 
 
@@ -101,8 +115,8 @@ def measure(model: torch.nn.Module, method: Method, batch: dict[str, torch.Tenso
             device: str) -> dict[str, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    state_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    state_ptrs |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+    state_ptrs = {storage_ptr(p) for p in model.parameters()}
+    state_ptrs |= {storage_ptr(b) for b in model.buffers()}
     times: list[float] = []
     mem: dict[str, int] = {}
     if device == "cuda":
@@ -112,7 +126,7 @@ def measure(model: torch.nn.Module, method: Method, batch: dict[str, torch.Tenso
         saved.clear()
 
         def pack(t: torch.Tensor) -> torch.Tensor:
-            if t.untyped_storage().data_ptr() not in state_ptrs:
+            if storage_ptr(t) not in state_ptrs:
                 saved.append(t)
             return t
 
