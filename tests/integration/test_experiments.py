@@ -73,7 +73,7 @@ def test_submitit_slurm_launcher_config() -> None:
 def test_tiny_mini_point_end_to_end_then_skipped(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     cmd = [sys.executable, "scripts/reproduce.py", "capaboost_vtab", "--mini", "--methods", "lora", "--seeds", "0",
-           "--runs-dir", str(runs), "--no-tables", "--", "task.epochs=1", "trainer.limit_train_batches=4",
+           "--runs-dir", str(runs), "--no-tables", "--", "task.epochs=1", "+trainer.limit_train_batches=4",
            f"hydra.sweep.dir={tmp_path}/multirun"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
