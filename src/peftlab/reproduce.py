@@ -20,6 +20,7 @@
         overrides: [model=minilm]
         tasks: {synthetic_pairs: [task=synthetic_pairs]}
         methods: {smt: [method.block_size=128]}    # added to the table's method entries
+        cells: {smt/synthetic_pairs: [method.block_size=64]}   # added to the table's cell overrides
         only: [lora, smt]                          # optional: the mini version keeps these method entries
 
 A *point* is one run: method entry × task entry × budget value × seed. Its overrides are applied in the
@@ -143,7 +144,8 @@ def plan(table: str, mini: bool = False, seeds: Sequence[int] | None = None,
                 *((mini_node.get("methods") or {}).get(m, []) if mini else [])]
         knob = budgets.get(m)
         for t, t_over in tasks.items():
-            cell = (sweep.get("cells") or {}).get(f"{m}/{t}", [])
+            cell = [*(sweep.get("cells") or {}).get(f"{m}/{t}", []),
+                    *((mini_node.get("cells") or {}).get(f"{m}/{t}", []) if mini else [])]
             for value in (knob["values"] if knob else [None]):
                 budget = [] if knob is None else [f"{knob['knob']}={value}", f"table.budget={value}",
                                                   f"table.budget_knob={knob.get('label', knob['knob'])}"]

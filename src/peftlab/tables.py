@@ -348,8 +348,11 @@ def table_paper_numbers(named: Path | None, table: str,
 
 def build_table(recs: Records, table: str, paper_dir: Path, mini: bool,
                 ) -> tuple[TableData, dict[tuple[str, str, str], PaperValue]]:
-    """Aggregate one table; the paper's rows/columns frame a full table (a mini table keeps only its own)."""
+    """Aggregate one table; the paper's rows/columns frame a full table. A mini table keeps only its own rows and
+    shows no paper numbers: its model and data are not the paper's, so a paper value or Δ beside it would mislead."""
+    if mini:
+        return aggregate(recs.complete, table, columns=[], rows=[]), {}
     paper = table_paper_numbers(paper_file(recs.complete, table, paper_dir), table, paper_dir)
-    rows = list(dict.fromkeys(k[1] for k in paper)) if not mini else []
+    rows = list(dict.fromkeys(k[1] for k in paper))
     cols = [c for c in dict.fromkeys(k[2] for k in paper) if not c.startswith(("average", "trainable"))]
-    return aggregate(recs.complete, table, columns=[] if mini else cols, rows=rows), paper
+    return aggregate(recs.complete, table, columns=cols, rows=rows), paper
