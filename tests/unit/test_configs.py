@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from peftlab.train import validate
+from peftlab.train import validate_config
 from tests.conftest import CONF, compose_config
 
 
@@ -15,19 +15,19 @@ def _options(group: str) -> list[str]:
 
 @pytest.mark.parametrize("method", _options("method"))
 def test_every_method_config_validates(method: str) -> None:
-    spec, built, _ = validate(compose_config([f"method={method}"]))
+    spec, built, _ = validate_config(compose_config([f"method={method}"]))
     assert built.name == compose_config([f"method={method}"]).method.name
 
 
 @pytest.mark.parametrize("task", _options("task"))
 def test_every_task_config_validates(task: str) -> None:
-    _, _, built = validate(compose_config([f"task={task}", "method=full"]))
+    _, _, built = validate_config(compose_config([f"task={task}", "method=full"]))
     assert built.main_metric
 
 
 @pytest.mark.parametrize("model", _options("model"))
 def test_every_model_config_validates(model: str) -> None:
-    spec, _, _ = validate(compose_config([f"model={model}", "method=full"]))
+    spec, _, _ = validate_config(compose_config([f"model={model}", "method=full"]))
     assert spec.name == model.split("/")[-1]
 
 
