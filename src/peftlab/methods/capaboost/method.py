@@ -31,11 +31,6 @@ from peftlab.models import ModelSpec
 PLACEMENTS = {"pfeiffer": (["down"], "relu"), "houlsby": (["o", "down"], "swish")}  # AdapterHub defaults
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
 def _head_parameters(model: nn.Module, spec: ModelSpec) -> int:
     return sum(p.numel() for n in head_module_names(model, spec) for p in model.get_submodule(n).parameters())
 
@@ -100,7 +95,7 @@ class CapaBoostLora(CapaBoostMethod):
                     f"{type(module).__name__} (check method.targets / conf/model/{spec.name}.yaml)")
             masks_a = self.masks(name, "A", (c.r, module.in_features))
             masks_b = self.masks(name, "B", (module.out_features, c.r))
-            _set_submodule(model, name, CapaBoostLoraLinear(module, c.r, c.alpha, masks_a, masks_b, c.dropout))
+            model.set_submodule(name, CapaBoostLoraLinear(module, c.r, c.alpha, masks_a, masks_b, c.dropout))
         if c.train_head:
             unfreeze_head(model, spec)
         return model
@@ -109,7 +104,7 @@ class CapaBoostLora(CapaBoostMethod):
         """Every CapaBoost layer folded into its base linear layer: the base model's architecture and cost."""
         for name, module in list(model.named_modules()):
             if isinstance(module, CapaBoostLoraLinear):
-                _set_submodule(model, name, module.merged())
+                model.set_submodule(name, module.merged())
         return model
 
     def planned_trainable(self, model: nn.Module, spec: ModelSpec) -> int:

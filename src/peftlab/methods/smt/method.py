@@ -53,11 +53,6 @@ def layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 @METHODS.register("smt")
 class SparseMatrixTuning(Method):
     config_cls = SmtConfig
@@ -200,7 +195,7 @@ class SparseMatrixTuning(Method):
         for name, blocks in selection.items():
             module = model.get_submodule(name)
             require(isinstance(module, nn.Linear), f"SMT cannot convert {name}: not an nn.Linear")
-            _set_submodule(model, name, BlockSparseLinear(module, blocks, self.config.block_size))
+            model.set_submodule(name, BlockSparseLinear(module, blocks, self.config.block_size))
         for p in model.parameters():
             p.requires_grad_(False)
             p.grad = None  # warm-up gradients of now-frozen weights: free them
@@ -297,7 +292,7 @@ class SparseMatrixTuning(Method):
         self._remove_hooks()
         names = [n for n, m in model.named_modules() if isinstance(m, BlockSparseLinear)]
         for name in names:
-            _set_submodule(model, name, model.get_submodule(name).to_linear())
+            model.set_submodule(name, model.get_submodule(name).to_linear())
         return model
 
 
