@@ -51,13 +51,19 @@ class Point:
     n: int
 
 
+def _column_runs(data: TableData, row: str, column: str) -> list[tuple[int, float]]:
+    """(trainable, %) of the row's runs that produced ``column`` (a table may hold tasks on different models)."""
+    return [(int(r["params"]["trainable"]), float(r["params"]["trainable_pct"])) for r in data.records
+            if cell_key(r)[1] == row and (r["task"] == column or any(k.endswith(f"/{column}") for k in r["metrics"]))]
+
+
 def series(data: TableData, column: str) -> dict[str, list[Point]]:
     """Method → its rows as points sorted by budget (rows without a run of ``column`` are left out)."""
     method_of = {cell_key(r)[1]: str(r["method"]) for r in data.records}
     out: dict[str, list[Point]] = {}
     for row in data.rows:
         cell: Cell | None = data.averages.get((row, column)) or data.cells.get((row, column))
-        runs = data.trainable.get(row, [])
+        runs = _column_runs(data, row, column) or data.trainable.get(row, [])
         if cell is None or not runs:
             continue
         pct = sum(p for _, p in runs) / len(runs)
