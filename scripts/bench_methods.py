@@ -163,10 +163,8 @@ def run_setting(setting: dict[str, Any], spec: ModelSpec, batch: dict[str, torch
     model = transformers.AutoModelForCausalLM.from_config(config).to(args.device)
     method = make_method(setting, fill)
     model = method.apply(model, spec)
-    if setting["method"] == "smt" and setting.get("phase", "train") == "train":
-        model = method.warmup(model, itertools.repeat(batch))  # grad_only: real selection, no update
-    if setting["method"] == "spt_lora":
-        model = method.sensitivity(model, itertools.repeat(batch))  # grad² sums, no update; then the allocation
+    if setting.get("phase", "train") == "train":  # SMT's warm-up / SPT's sensitivity pass, then the switch
+        model = method.gradient_phase(model, itertools.repeat(batch))
     trainable, total = count_parameters(model)
     row = {"label": setting["label"], "method": setting["method"], "phase": setting.get("phase", "train"),
            "overrides": {k: fill.get(str(v)[1:-1], v) for k, v in setting["overrides"].items()},

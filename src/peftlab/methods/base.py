@@ -67,6 +67,11 @@ class Method:
         parameters changed, so the optimizer and scheduler are rebuilt over the new set."""
         return False
 
+    def gradient_phase(self, model: nn.Module, batches: Any, loss_fn: Any = None) -> nn.Module:
+        """Outside Lightning (tests, benchmarks): run the gradient phase that decides what trains (SMT's warm-up,
+        SPT's sensitivity pass) on ``batches`` and switch; methods without one return ``model`` unchanged."""
+        return model
+
     def current_lr(self) -> float:
         """Learning rate for an optimizer built now (a method may switch it, e.g. SMT after warm-up)."""
         return self.config.lr

@@ -171,6 +171,8 @@ class SparseMatrixTuning(Method):
             self.warmup_done = step
         return self.switch(model, self.warmup_done)
 
+    gradient_phase = warmup  # the Method hook: this method's gradient phase
+
     # ---------------- switch ----------------
     def switch(self, model: nn.Module, step: int) -> nn.Module:
         """Score and select blocks once; convert the selected linears; freeze everything else."""

@@ -103,6 +103,8 @@ class SptLora(Method):
             (loss_fn(model, batch) if loss_fn else model(**batch).loss).backward()
         return self.switch(model)
 
+    gradient_phase = sensitivity  # the Method hook: this method's gradient phase
+
     def switch(self, model: nn.Module) -> nn.Module:
         missing = [e.name for e in self.entries if e.name not in self.sums]
         require(not missing, f"SPT summed no gradient for {missing[:3]}: are they used by the forward?")
