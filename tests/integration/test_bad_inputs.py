@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from peftlab.errors import PeftlabError
 from peftlab.train import run
 from tests.conftest import ROOT, TINY, compose_config
+from tests.tasks.test_vtab import make_vtab_folder, truncate_file
 
 DOC = ROOT / "docs" / "bad_inputs.md"
 BASE = [o for o in TINY if not o.startswith("task.num_")]  # real tasks have no generated-set sizes
@@ -44,9 +45,10 @@ SETUP: dict[str, Callable[[Path], None]] = {  # files some rows need, created un
         json.dumps([{"instruction": "q?", "answer": "a"}])),
     "corrupt_ckpt": lambda tmp: (tmp / "last.ckpt").write_bytes(b"PK\x03\x04 truncated checkpoint"),
     "results_file": lambda tmp: (tmp / "afile").write_text("not a directory"),
+    "bad_image": lambda tmp: truncate_file(make_vtab_folder(tmp / "vtab_bad") / "images" / "test" / "000002.jpg"),
 }
 NAMES = {"12": "missing_column", "13": "bad_label", "15": "commonsense_field", "16": "corrupt_ckpt",
-         "17": "results_file"}
+         "17": "results_file", "23": "bad_image"}
 
 
 def test_the_table_has_at_least_15_rows() -> None:
