@@ -212,7 +212,8 @@ def _variants(overrides: list[str]) -> list[list[str]]:
     out = [base]
     for i, o in enumerate(parsed):
         if o.is_sweep_override():
-            out += [[*base[:i], f"{o.get_key_element()}={v}", *base[i + 1:]] for v in list(o.sweep_string_iterator())[1:]]
+            values = list(o.sweep_string_iterator())[1:]
+            out += [[*base[:i], f"{o.get_key_element()}={v}", *base[i + 1:]] for v in values]
     return out
 
 

@@ -66,7 +66,8 @@ def test_cited_item_naming_an_unknown_row_is_refused(tmp_path: Path) -> None:
 def test_table_columns_follow_the_task_entries() -> None:
     vtab = rp.table_columns("capaboost_vtab")
     assert len(vtab) == 19 and vtab[:2] == ["vtab_cifar", "vtab_caltech101"] and vtab[-1] == "vtab_smallnorb_ele"
-    assert rp.table_columns("smt_commonsense")[:2] == ["boolq", "piqa"] and len(rp.table_columns("smt_commonsense")) == 8
+    commonsense = rp.table_columns("smt_commonsense")
+    assert commonsense[:2] == ["boolq", "piqa"] and len(commonsense) == 8
     assert rp.table_columns("capaboost_glue", mini=True) == ["synthetic_pairs"]
 
 
