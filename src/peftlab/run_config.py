@@ -29,6 +29,7 @@ class RunConfig:
     callbacks: dict[str, Any] | None = None
     optim: dict[str, Any] = field(default_factory=dict)  # checked as OptimConfig
     paths: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, Any] = field(default_factory=dict)  # which value a table cell reads (docs/tables.md)
     table: dict[str, Any] | None = None  # a paper table's settings (conf/experiment/*.yaml)
     seed: Seed = 0
     tags: list[str] = field(default_factory=list)
