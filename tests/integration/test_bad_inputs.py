@@ -5,12 +5,14 @@ trailing ``…`` ends a prefix (the rest quotes a library's error text, which va
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from peftlab.errors import PeftlabError
@@ -44,9 +46,11 @@ SETUP: dict[str, Callable[[Path], None]] = {  # files some rows need, created un
         json.dumps([{"instruction": "q?", "answer": "a"}])),
     "corrupt_ckpt": lambda tmp: (tmp / "last.ckpt").write_bytes(b"PK\x03\x04 truncated checkpoint"),
     "results_file": lambda tmp: (tmp / "afile").write_text("not a directory"),
+    "pickled_ckpt": lambda tmp: torch.save({"state_dict": {}, "hparams": argparse.Namespace(lr=1.0)},
+                                           tmp / "pickled.ckpt"),  # loading it would unpickle a Namespace
 }
 NAMES = {"12": "missing_column", "13": "bad_label", "15": "commonsense_field", "16": "corrupt_ckpt",
-         "17": "results_file"}
+         "17": "results_file", "23": "pickled_ckpt"}
 
 
 def test_the_table_has_at_least_15_rows() -> None:
