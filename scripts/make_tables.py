@@ -35,11 +35,12 @@ def _no_table_message(runs: Path, complete: int, incomplete: int) -> str:
 
 
 def write_if_changed(path: Path, text: str) -> bool:
-    """Write ``text`` unless ``path`` already holds it but for the "- built:" date line; return whether written.
-    Rebuilding a table from the same records then leaves the tracked file untouched (a rewrite only to change
-    the date marked every later run record ``git.dirty``)."""
+    """Write ``text`` unless ``path`` already holds it but for the "- built:" date and "- command:" lines (another
+    command that builds the same table, e.g. without --table); return whether written. Rebuilding a table from
+    the same records then leaves the tracked file untouched (a rewrite only to change the date marked every later
+    run record ``git.dirty``)."""
     def undated(t: str) -> list[str]:
-        return [line for line in t.splitlines() if not line.startswith("- built: ")]
+        return [line for line in t.splitlines() if not line.startswith(("- built: ", "- command: "))]
 
     if path.is_file() and undated(path.read_text()) == undated(text):
         return False

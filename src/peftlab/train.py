@@ -183,8 +183,9 @@ def resume_command(out_dir: Path) -> str:
 
 
 def _record_stopped(path: Path, record: dict[str, Any], err: BaseException, out_dir: Path) -> None:
-    """Write the record of a run that did not finish: ``interrupted`` (then exit 130, the shell's status for
-    Ctrl-C, after printing the command that resumes it) or ``failed`` with the error (the caller re-raises)."""
+    """Write the record of a run that did not finish: ``interrupted`` (then, after printing the command that
+    resumes it, exit with the shell's status for the signal: 130 Ctrl-C, 143 SIGTERM) or ``failed`` with the error
+    (the caller re-raises)."""
     if not _was_interrupted(err):
         record.update(status="failed", error=f"{type(err).__name__}: {err}", finished=results.now())
         _write_record(path, record)
@@ -193,7 +194,7 @@ def _record_stopped(path: Path, record: dict[str, Any], err: BaseException, out_
     record.update(status="interrupted", finished=results.now(), resume_command=command)
     _write_record(path, record)
     log.warning(f"[peftlab] interrupted; record: {results.repo_relative(path)}; resume with:\n  {command}")
-    raise SystemExit(130) from None
+    raise SystemExit(143 if isinstance(err, SIGTERMException) else 130) from None
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
