@@ -22,7 +22,7 @@ help: ## list targets
 
 install: .venv/.installed ## create .venv with pinned dependencies and the package (editable)
 
-demo: install ## offline demo: MiniLM + LoRA on the synthetic pair task (CPU, ~2 min)
+demo: install ## offline demo: MiniLM + LoRA on the synthetic pair task (CPU, a few minutes)
 	time $(PY) train.py
 
 test: install ## the quick loop: every test not marked slow; "no tests collected" fails
