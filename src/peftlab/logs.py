@@ -40,6 +40,12 @@ HARMLESS_WARNINGS = (
     Harmless(r"`is_gradient_checkpointing` is deprecated", r"transformers\.modeling_utils",
              "peft reads transformers' deprecated alias of is_activation_checkpointing when it wraps a model; the "
              "alias returns the same value (activation checkpointing is off)", FutureWarning),
+    Harmless(r"Adapter '[^']*': \d+ LoRA tensor\(s\) have invalid shape", r"peft\.utils\.save_and_load",
+             "peft takes zero-sized lora_A/lora_B for unsaved DeepSpeed/FSDP shards; exports here are written from an "
+             "unsharded model, and a zero-sized pair is an AdaLoRA matrix whose rank allocation reached 0"),
+    Harmless(r"Sparse invariant checks are implicitly disabled", r"peft\.tuners\.shira\.layer",
+             "torch's note that it does not validate the sparse COO tensor SHiRA builds from its own fixed, in-range "
+             "indices every forward"),
 )
 HARMLESS_LOGS = (
     Harmless(r"💡 Tip: For seamless cloud", "pytorch_lightning.utilities.rank_zero",

@@ -228,6 +228,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "output_dir": str(out_dir),
         "resumed_from": ckpt_path,  # a path, or "last"
     }
+    _write_record(path, record)  # "running": a run killed outright (SIGKILL, lost node) leaves this behind
     try:
         if cfg.get("train", True):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
