@@ -17,6 +17,7 @@ import torch
 
 from tests.conftest import ROOT, TINY
 from tests.integration.cli import run_cli
+from tests.tasks.test_vtab import make_vtab_folder, truncate_file
 
 DOC = ROOT / "docs" / "bad_inputs.md"
 BASE = [o for o in TINY if not o.startswith("task.num_")]  # real tasks have no generated-set sizes
@@ -45,11 +46,12 @@ SETUP: dict[str, Callable[[Path], None]] = {  # files some rows need, created un
         json.dumps([{"instruction": "q?", "answer": "a"}])),
     "corrupt_ckpt": lambda tmp: (tmp / "last.ckpt").write_bytes(b"PK\x03\x04 truncated checkpoint"),
     "a_file": lambda tmp: (tmp / "afile").write_text("not a directory"),
+    "bad_image": lambda tmp: truncate_file(make_vtab_folder(tmp / "vtab_bad") / "images" / "test" / "000002.jpg"),
     "pickled_ckpt": lambda tmp: torch.save({"state_dict": {}, "hparams": argparse.Namespace(lr=1.0)},
                                            tmp / "pickled.ckpt"),  # loading it would unpickle a Namespace
 }
 NAMES = {"12": "missing_column", "13": "bad_label", "15": "commonsense_field", "16": "corrupt_ckpt",
-         "17": "a_file", "35": "a_file", "39": "pickled_ckpt"}
+         "17": "a_file", "23": "bad_image", "35": "a_file", "39": "pickled_ckpt"}
 NEEDS_NO_GPU = {"34"}  # trainer=gpu is a bad input only where no GPU is visible
 
 

@@ -118,15 +118,19 @@ def test_batched_generation_equals_one_by_one(ready_task, num_beams: int) -> Non
 
 def test_offline_end_to_end_beats_chance(tmp_path: Path) -> None:
     """Tiny LLaMA (random init) fully fine-tuned on 1,968 generated records (~250 steps), scored by greedy
-    generation + answer extraction on 4 x 50 held-out records; chance averages 46.7%."""
+    generation + answer extraction on 4 x 50 held-out records; chance averages 46.7%.
+
+    Margin: over seeds 0-9 (a stand-in for other CPUs' rounding) lr 3e-3 gave 84.0-100 (mean 94.9); lr 1e-2, used
+    before, gave 55-80 over seeds 0-3 and 53.0 on an AMD EPYC. Broken learning fails it: lr 1e-12 scores 1.5.
+    """
     cfg = compose_config([
-        *SMALL, "method=full", "method.lr=1e-2", "task.num_train=2000", "task.epochs=4", "task.num_eval=50",
+        *SMALL, "method=full", "method.lr=3e-3", "task.num_train=2000", "task.epochs=4", "task.num_eval=50",
         "task.val_set_size=32", "optim.warmup_ratio=0.05", "logger=none", "callbacks=none",
         "trainer.enable_progress_bar=false", "+trainer.enable_checkpointing=false",
     ], tmp_path)
     metrics = run(cfg)
     chance = sum(synthetic.CHANCE.values()) / len(synthetic.CHANCE)
-    assert metrics["test/avg_accuracy"] > chance + 8, metrics
+    assert metrics["test/avg_accuracy"] > chance + 20, metrics  # i.e. > 66.7: about two sets left unlearned
     per_set = [metrics[f"test/accuracy/{s}"] for s in synthetic.SETS]
     assert metrics["test/avg_accuracy"] == pytest.approx(sum(per_set) / len(per_set))
     record = json.loads(next((tmp_path / "runs").rglob("*.json")).read_text())

@@ -42,10 +42,12 @@ def random_span_f1(n: int, seed: int) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize(("method", "lr"), [("lora", 2e-3), ("full", 1e-4)])
 def test_minilm_learns_synthetic_squad(tmp_path: Path, method: str, lr: float) -> None:
-    # ~2.5 min per run on a shared 2-core CPU; LoRA measured at test F1 15.0 vs 1.7 for the random-word baseline
+    # ~1 min of CPU per run. Test F1 over seeds 0-3 (a stand-in for other CPUs' rounding): LoRA 16.1-20.0, full
+    # 17.0-28.3; LoRA untrained (lr 1e-12) 4.5, the random-word baseline 1.7. The threshold, 9.7, sits 6.4
+    # below the worst of those 8 runs and at twice the untrained model (it was 11.7: 4.4 below the worst).
     small = ["task.num_train=120", "task.num_validation=60", "task.batch_size=8", "task.epochs=2"]
     cfg = compose_config([*FAST, "model=minilm", "task=squad_synthetic", f"method={method}", f"method.lr={lr}",
                           *small], tmp_path)
     metrics = run(cfg)
     chance = random_span_f1(cfg.task.num_validation, cfg.task.data_seed + 1)
-    assert metrics["test/f1"] > chance + 10.0, (metrics["test/f1"], chance)
+    assert metrics["test/f1"] > chance + 8.0, (metrics["test/f1"], chance)

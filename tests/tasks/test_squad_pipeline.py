@@ -195,6 +195,29 @@ def test_task_evaluate_scores_gold_logits_perfectly_in_any_batch_order(tokenizer
     assert out["HasAns_total"] + out["NoAns_total"] == 30 and out["NoAns_exact"] == 100.0
 
 
+@pytest.mark.parametrize("threshold", [5.0, 0.0])
+def test_v2_scores_the_answers_as_predicted_for_any_threshold(tokenizer: Any, threshold: float) -> None:
+    """The null-score threshold is applied once, in post-processing. Every answerable question here has a
+    null-score difference of 3 (above the official script's cut of 1.0, meant for probabilities): at threshold 5
+    it is answered, and right; at 0 it is answered "". best_* is searched over the differences."""
+    task = _task(tokenizer, null_score_diff_threshold=threshold)
+    meta, examples = task._meta["validation"], task._examples["validation"]
+    starts, ends = _gold_logits(meta, examples)
+    for w, s, e in zip(meta, starts, ends, strict=True):
+        if examples[w["example_index"]]["answers"]["text"]:
+            s[w["cls_index"]] = e[w["cls_index"]] = 11.5  # null 23 − best span 10 + 10 = 3
+    outputs = [{"feature_index": torch.arange(len(meta)), "start_logits": [torch.tensor(s) for s in starts],
+                "end_logits": [torch.tensor(e) for e in ends]}]
+    out = task.evaluate(outputs, "validation")
+    assert out["NoAns_exact"] == 100.0 and out["HasAns_total"] > 0
+    if threshold > 3:
+        assert out["exact_match"] == out["f1"] == 100.0  # the cut at 1.0 gave 100 × NoAns_total / total here
+        assert out["best_exact"] == 100.0 and out["best_exact_thresh"] == 3.0
+    else:
+        assert out["HasAns_exact"] == out["HasAns_f1"] == 0.0
+        assert out["best_exact"] == out["exact_match"] == pytest.approx(100 * out["NoAns_total"] / out["total"])
+
+
 def test_unanswerable_questions_need_v2(tokenizer: Any) -> None:
     with pytest.raises(ConfigError, match="version_2_with_negative"):
         _task(tokenizer, version_2_with_negative=False)

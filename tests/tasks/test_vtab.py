@@ -11,6 +11,7 @@ from PIL import Image
 from peftlab.errors import ConfigError, DataUnavailableError
 from peftlab.tasks import build_task
 from peftlab.tasks.vision.digits import digit_splits
+from peftlab.tasks.vision.image_task import unreadable
 from peftlab.tasks.vision.report import vtab_summary
 from peftlab.tasks.vision.transforms import image_transform
 from peftlab.tasks.vision.vtab import GROUPS, VTAB_TASKS, read_list_file
@@ -96,6 +97,58 @@ def test_missing_images_are_reported(tmp_path: Path) -> None:
     (task_dir / "images" / "test" / "000002.jpg").unlink()
     with pytest.raises(DataUnavailableError, match=r"1 image\(s\) listed in .*test.txt are missing"):
         vtab_task(tmp_path).setup(TINY_DATA_CONFIG, seed=0)
+
+
+def truncate_file(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _as_png(path: Path) -> None:  # a PNG under the listed name, then truncated (the format is read from the bytes)
+    Image.new("RGB", (40, 30), color=(1, 2, 3)).save(path, format="PNG")
+    truncate_file(path)
+
+
+CORRUPTIONS = {
+    "truncated_jpeg": (truncate_file, "OSError: "),
+    "truncated_png": (_as_png, "OSError: Truncated File Read"),
+    "not_an_image": (lambda p: p.write_text("<html>404</html>"), "UnidentifiedImageError"),
+    "empty": (lambda p: p.write_bytes(b""), "UnidentifiedImageError"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+def test_unreadable_test_image_fails_at_setup(tmp_path: Path, kind: str) -> None:
+    """Found before training (setup loads every list), not when the test list is read after training."""
+    task_dir = make_vtab_folder(tmp_path)
+    corrupt, error = CORRUPTIONS[kind]
+    for i in (4, 2):  # two bad images: the message names the first in list order
+        corrupt(task_dir / "images" / "test" / f"00000{i}.jpg")
+    with pytest.raises(DataUnavailableError) as info:
+        vtab_task(tmp_path).setup(TINY_DATA_CONFIG, seed=0)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"image {task_dir / 'images/test/000002.jpg'} listed in {task_dir / 'test.txt'} cannot be decoded" in message
+    assert error in message and "2 of the 6 listed images are unreadable" in message
+
+
+def test_jpeg_cut_inside_its_pixel_data_is_caught(tmp_path: Path) -> None:
+    """The header parses, the end-of-image marker is gone: decoded in full to find the truncation."""
+    image = tmp_path / "noise.jpg"
+    Image.frombytes("L", (64, 64), bytes(range(256)) * 16).convert("RGB").save(image)
+    data = image.read_bytes()
+    image.write_bytes(data[: int(len(data) * 0.9)])
+    with Image.open(image) as img:
+        assert img.size == (64, 64)  # a header check alone passes
+    assert unreadable(image).startswith("OSError: image file is truncated")
+
+
+def test_jpeg_with_data_after_its_end_marker_is_accepted(tmp_path: Path) -> None:
+    task_dir = make_vtab_folder(tmp_path)
+    image = task_dir / "images" / "test" / "000001.jpg"
+    image.write_bytes(image.read_bytes() + b"\x00" * 16)  # padding some encoders leave after the EOI marker
+    assert unreadable(image) is None
+    vtab_task(tmp_path).setup(TINY_DATA_CONFIG, seed=0)
 
 
 def test_bad_task_options_fail_at_config_time(tmp_path: Path) -> None:

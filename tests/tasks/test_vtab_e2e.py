@@ -58,10 +58,12 @@ def test_lora_on_timm_vit_modules(targets: str) -> None:
     ("lora", ["method.targets=[qkv]", "method.lr=5e-3"]),
 ])
 def test_digits_end_to_end_above_chance(tmp_path: Path, method: str, overrides: list[str]) -> None:
-    cfg = compose_config([*FAST, "task=digits", f"method={method}", *overrides, "task.epochs=3"], tmp_path)
+    cfg = compose_config([*FAST, "task=digits", f"method={method}", *overrides, "task.epochs=6"], tmp_path)
     metrics = run(cfg)
-    # 3 epochs from random init on 1,000 real digits; measured ~44% (full) / ~56% (LoRA), chance 10%
-    assert metrics["test/top1"] > 2.5 * CHANCE, metrics
+    # 6 epochs from random init on 1,000 real digits; over seeds 0-3 (a stand-in for other CPUs' rounding) measured
+    # 57-70% (full) / 63-71% (LoRA); 3 epochs, used before, gave 33-37% (full) against the 25% threshold then.
+    # Chance 10%: a model that learns nothing (lr 1e-12) scores 10.16.
+    assert metrics["test/top1"] > 3.5 * CHANCE, metrics
     records = list((tmp_path / "runs").rglob("*.json"))
     assert len(records) == 1
 

@@ -1,24 +1,31 @@
 """SQuAD metrics with the official definitions.
 
-v1.1: exact match and token F1, max over the gold answers, mean ×100 (official ``evaluate-v1.1.py``,
-also ``huggingface/evaluate`` ``metrics/squad``). We compute it with :class:`torchmetrics.text.SQuAD`,
-which implements that definition.
+v1.1: the official ``evaluate-v1.1.py`` (also ``huggingface/evaluate`` ``metrics/squad/compute_score.py``):
 
-v2.0: the official ``evaluate-v2.0.py`` (also ``metrics/squad_v2`` of ``huggingface/evaluate``), which
-torchmetrics does not have:
+- normalisation: lower-case, drop ``string.punctuation``, drop the articles ``a|an|the``, collapse whitespace;
+- EM = normalised strings equal; F1 = token-overlap F1, **0 when no token is shared** (so a prediction and a
+  gold that both normalise to "" get EM 1 but F1 0: the official ``f1_score`` returns 0 when ``num_same == 0``);
+- each question scores its max over *all* its gold answers; ``exact_match``/``f1`` are means ×100.
 
-- normalisation as v1.1: lower-case, drop ``string.punctuation``, drop the articles ``a|an|the``,
-  collapse whitespace;
+We do not use :class:`torchmetrics.text.SQuAD` for v1.1: it scores token F1 with the v2.0 rule (1 when both
+sides are empty), which differs from the v1.1 script exactly in that case.
+
+v2.0: the official ``evaluate-v2.0.py`` (also ``huggingface/evaluate`` ``metrics/squad_v2/compute_score.py``):
+
+- normalisation as v1.1;
 - gold answers whose normalisation is empty are dropped; a question left with none is unanswerable
   and its gold is ``[""]``;
 - EM = normalised strings equal; F1 = token-overlap F1, except that if the gold or the prediction has
   no token, F1 = EM = (both have none);
+- a question whose no-answer probability exceeds ``na_prob_thresh`` (official default 1.0) is scored
+  as if "" had been predicted;
 - ``exact``/``f1`` over all questions, ``HasAns_*``/``NoAns_*`` over the answerable/unanswerable ones,
   and ``best_exact``/``best_f1`` with their thresholds: the best score reachable by predicting
   "no answer" whenever the no-answer probability exceeds a threshold (``find_best_thresh``).
 
-Departure, for uniform tables: the official v2 key ``exact`` is reported as ``exact_match`` (the v1.1
-key), so both versions share ``exact_match`` and ``f1``.
+Departures: the official v2 key ``exact`` is reported as ``exact_match`` (the v1.1 key), so both versions
+share ``exact_match`` and ``f1``; a question without a prediction is an error (the official scripts
+score it 0 with a printed warning, v2.0 then leaves it out of the totals).
 """
 
 from __future__ import annotations
@@ -39,20 +46,30 @@ def normalize_answer(text: str) -> str:
 
 
 def exact_score(gold: str, pred: str) -> int:
+    """EM of one gold/prediction pair (same in v1.1 and v2.0): the normalised strings are equal."""
     return int(normalize_answer(gold) == normalize_answer(pred))
 
 
-def f1_score(gold: str, pred: str) -> float:
-    """Token F1 of one gold/prediction pair (v2.0 rule: 1 if both are empty, 0 if only one is)."""
-    gold_toks = normalize_answer(gold).split()
-    pred_toks = normalize_answer(pred).split()
-    if not gold_toks or not pred_toks:
-        return float(gold_toks == pred_toks)
+def _overlap_f1(gold_toks: Sequence[str], pred_toks: Sequence[str]) -> float:
     num_same = sum((Counter(gold_toks) & Counter(pred_toks)).values())
     if num_same == 0:
         return 0.0
     precision, recall = num_same / len(pred_toks), num_same / len(gold_toks)
     return 2 * precision * recall / (precision + recall)
+
+
+def f1_v1(gold: str, pred: str) -> float:
+    """Token F1 of one gold/prediction pair, v1.1 rule: 0 whenever no token is shared, empty sides included."""
+    return _overlap_f1(normalize_answer(gold).split(), normalize_answer(pred).split())
+
+
+def f1_v2(gold: str, pred: str) -> float:
+    """Token F1 of one gold/prediction pair, v2.0 rule: 1 if both are empty, 0 if only one is."""
+    gold_toks = normalize_answer(gold).split()
+    pred_toks = normalize_answer(pred).split()
+    if not gold_toks or not pred_toks:
+        return float(gold_toks == pred_toks)
+    return _overlap_f1(gold_toks, pred_toks)
 
 
 def gold_answers(texts: Sequence[str]) -> list[str]:
@@ -61,18 +78,23 @@ def gold_answers(texts: Sequence[str]) -> list[str]:
     return golds or [""]
 
 
-def squad_v1(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float]:
-    """``exact_match`` and ``f1`` (×100) of the v1.1 script, by torchmetrics; ``references``: id → gold texts."""
+def _check_predictions(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> None:
     missing = sorted(set(references) - set(predictions))
     if missing:
         raise KeyError(f"no prediction for {len(missing)} question(s), e.g. {missing[:3]}")
-    from torchmetrics.text import SQuAD  # imported here: torchmetrics is slow to import for the other tasks
+    if not references:
+        raise ValueError("a SQuAD score needs at least one question")
 
-    metric = SQuAD()
-    preds = [{"id": qid, "prediction_text": predictions[qid]} for qid in references]
-    target = [{"id": qid, "answers": {"text": list(texts), "answer_start": [0] * len(texts)}}
-              for qid, texts in references.items()]
-    return {k: float(v) for k, v in metric(preds, target).items()}
+
+def squad_v1(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    """``exact_match`` and ``f1`` (×100) of the v1.1 script; ``references``: id → gold texts (at least one each)."""
+    _check_predictions(predictions, references)
+    exact = f1 = 0.0
+    for qid, golds in references.items():
+        pred = predictions[qid]
+        exact += max(exact_score(g, pred) for g in golds)
+        f1 += max(f1_v1(g, pred) for g in golds)
+    return {"exact_match": 100.0 * exact / len(references), "f1": 100.0 * f1 / len(references)}
 
 
 def _apply_no_answer_threshold(scores: dict[str, float], na_probs: Mapping[str, float],
@@ -105,16 +127,15 @@ def find_best_threshold(predictions: Mapping[str, str], scores: Mapping[str, flo
 def squad_v2(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]],
              na_probs: Mapping[str, float] | None = None, na_prob_thresh: float = 1.0) -> dict[str, float]:
     """The official v2.0 report (×100). ``references``: id → gold texts (empty list = unanswerable);
-    ``na_probs``: id → no-answer score (default 0 for all, as the official script without a file).
+    ``na_probs``: id → no-answer score (default 0 for all, as the official script without a file);
+    ``na_prob_thresh``: questions whose no-answer score exceeds it are scored as "" (the official default
+    1.0 is meant for probabilities; ``math.inf`` scores the predictions exactly as given). ``best_*`` are
+    searched over the raw scores and ``na_probs``, whatever ``na_prob_thresh`` is.
 
     Keys: exact_match, f1, total, HasAns_exact, HasAns_f1, HasAns_total, NoAns_exact, NoAns_f1,
     NoAns_total (those present), best_exact, best_exact_thresh, best_f1, best_f1_thresh.
     """
-    missing = sorted(set(references) - set(predictions))
-    if missing:
-        raise KeyError(f"no prediction for {len(missing)} question(s), e.g. {missing[:3]}")
-    if not references:
-        raise ValueError("squad_v2 needs at least one question")
+    _check_predictions(predictions, references)
     na_probs = {qid: 0.0 for qid in references} if na_probs is None else dict(na_probs)
     has_answer = {qid: gold_answers(texts) != [""] for qid, texts in references.items()}
     exact_raw: dict[str, float] = {}
@@ -122,7 +143,7 @@ def squad_v2(predictions: Mapping[str, str], references: Mapping[str, Sequence[s
     for qid, texts in references.items():
         golds, pred = gold_answers(texts), predictions[qid]
         exact_raw[qid] = float(max(exact_score(g, pred) for g in golds))
-        f1_raw[qid] = max(f1_score(g, pred) for g in golds)
+        f1_raw[qid] = max(f1_v2(g, pred) for g in golds)
     exact = _apply_no_answer_threshold(exact_raw, na_probs, has_answer, na_prob_thresh)
     f1 = _apply_no_answer_threshold(f1_raw, na_probs, has_answer, na_prob_thresh)
 

@@ -9,6 +9,7 @@ split. Task family ``squad_synthetic`` runs the same pipeline on generated data 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,7 +154,9 @@ class SquadTask(Task):
         examples = self._examples[split]
         references = {qid: a["text"] for qid, a in zip(examples["id"], examples["answers"], strict=True)}
         if self.config.version_2_with_negative:
-            return metrics.squad_v2(predictions, references, na_probs=null_odds)
+            # the null-score threshold was applied once, in post-processing: score the answers as predicted
+            # (inf: no second cut), and search best_* over the null-score differences (the official na-prob file)
+            return metrics.squad_v2(predictions, references, na_probs=null_odds, na_prob_thresh=math.inf)
         return metrics.squad_v1(predictions, references)
 
 

@@ -9,6 +9,7 @@ returns logits. ``setup`` receives the backbone's timm data config (see ``peftla
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -53,6 +54,46 @@ class ImageClsConfig(TaskConfig):
                 f"task.normalization must be one of {sorted(NORMALIZATIONS)}, got '{self.normalization}'")
         require(self.interpolation is None or self.interpolation in INTERPOLATIONS,
                 f"task.interpolation must be one of {sorted(INTERPOLATIONS)} or null, got '{self.interpolation}'")
+
+
+JPEG_END = b"\xff\xd9"  # EOI, the marker a complete JPEG ends with
+
+
+def unreadable(path: Path) -> str | None:
+    """Why the image file ``path`` cannot be decoded (``"<error>: <message>"``), or None if it can.
+
+    Cheap, without decoding the pixels of a sound file: opening parses the header (an unknown format, an
+    empty or a non-image file fail here); a PNG's ``verify()`` walks its chunks and checks their CRCs (a
+    truncated PNG fails); a JPEG must end with its end-of-image marker, and one that does not (truncated, or a
+    trailer after the marker) is decoded in full to decide. Other formats are decoded in full.
+    """
+    try:
+        with Image.open(path) as img:
+            fmt = img.format
+            if fmt == "PNG":
+                img.verify()
+                return None
+        if fmt == "JPEG":
+            with path.open("rb") as f:
+                f.seek(-len(JPEG_END), 2)
+                if f.read() == JPEG_END:
+                    return None
+        with Image.open(path) as img:
+            img.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def unreadable_images(paths: Sequence[Path]) -> list[tuple[Path, str]]:
+    """``[(path, reason)]`` of the files among ``paths`` that :func:`unreadable` rejects, in list order.
+
+    Checked by a thread pool: opening and reading files release the GIL, and on a network file system their
+    latency dominates (a sound JPEG costs about 0.2 ms of CPU on a local disk).
+    """
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        reasons = list(pool.map(unreadable, paths))
+    return [(p, r) for p, r in zip(paths, reasons, strict=True) if r is not None]
 
 
 class ImageDataset(Dataset):

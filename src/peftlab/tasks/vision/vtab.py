@@ -22,7 +22,13 @@ from pathlib import Path
 from peftlab.config_utils import require
 from peftlab.errors import DataUnavailableError
 from peftlab.tasks import TASKS
-from peftlab.tasks.vision.image_task import SUBSETS, ImageClassificationTask, ImageClsConfig, Item
+from peftlab.tasks.vision.image_task import (
+    SUBSETS,
+    ImageClassificationTask,
+    ImageClsConfig,
+    Item,
+    unreadable_images,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +134,16 @@ class VtabTask(ImageClassificationTask):
                 f"VTAB-1k task '{self.config.folder}': {len(missing)} image(s) listed in {path} are missing, "
                 f"e.g. {self.task_dir / missing[0]}. {PREPARE_HINT}"
             )
+        paths = [self.task_dir / rel for rel, _ in entries]
+        bad = unreadable_images(paths)
+        if bad:
+            raise DataUnavailableError(
+                f"VTAB-1k task '{self.config.folder}': image {bad[0][0]} listed in {path} cannot be decoded "
+                f"({bad[0][1]}); {len(bad)} of the {len(paths)} listed images are unreadable: prepare them again "
+                f"(docs/vtab.md)"
+            )
         self._check_size(list_name, len(entries))
-        return [(self.task_dir / rel, label) for rel, label in entries]
+        return [(p, label) for p, (_, label) in zip(paths, entries, strict=True)]
 
     def _check_size(self, list_name: str, n: int) -> None:
         """Warn when a list's size differs from the protocol (a partial or differently generated copy)."""
