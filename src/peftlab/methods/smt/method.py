@@ -304,6 +304,7 @@ class SparseMatrixTuning(Method):
         self._remove_hooks()
         self.grad_sums = {}
         self.switched_at = state.get("switched_at_step")
+        self.grad_sums_memory = dict(state.get("grad_sums_bytes", {}))
         self._convert(model, {n: list(b) for n, b in state["selection"].items()})
         return model
 
