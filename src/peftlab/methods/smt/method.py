@@ -148,7 +148,8 @@ class SparseMatrixTuning(Method):
         return model
 
     def planned_trainable(self, model: nn.Module, spec: ModelSpec) -> int:
-        """Trainable parameters after the switch: k × block_size² (+ the task head when ``train_head``)."""
+        """Trainable parameters after the switch: k × block_size² (``norm_dist``: k × M × block_size²), + the
+        task head when ``train_head``."""
         self.spec = spec
         self.pools = self.eligible(model, spec)
         self.budgets = self.plan_budgets(model)
