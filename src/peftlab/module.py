@@ -58,6 +58,16 @@ class PeftModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=_batch_size(batch))
         return loss
 
+    def apply_precision_rule(self) -> None:
+        """Trained tensors fp32, the others in their load dtype (:mod:`peftlab.precision`)."""
+        self.precision_rule.apply(self.model, self.method.trained_parameters(self.model))
+
+    def setup(self, stage: str) -> None:
+        """Before Lightning restores a checkpoint or a strategy wraps the model (DDP buckets keep the dtype they
+        see at wrapping): the precision rule over the method's initial trained set."""
+        if stage == "fit":
+            self.apply_precision_rule()
+
     def on_fit_start(self) -> None:
         self.method.on_fit_start(self.model, int(self.trainer.estimated_stepping_batches))
 
@@ -85,8 +95,7 @@ class PeftModule(pl.LightningModule):
             self._rng_to_restore = None
 
     def configure_optimizers(self) -> dict[str, Any]:
-        # the precision rule first (trained tensors fp32, the rest in their load dtype), so AdamW's state is fp32
-        self.precision_rule.apply(self.model, self.method.trained_parameters(self.model))
+        self.apply_precision_rule()  # so AdamW's state is fp32 (a no-op unless the trained set changed)
         params = [p for p in self.model.parameters() if p.requires_grad]
         o = self.optim
         optimizer = torch.optim.AdamW(
@@ -165,8 +174,7 @@ class PeftModule(pl.LightningModule):
                     + " (resume with the same config, or start a new run dir / auto_resume=false)")
         self.model = self.method.load_method_state(self.model, extra.get("method_state", {}))
         self.method.load_resume_state(self.model, extra.get("resume_state", {}))
-        # fp32 trained tensors before the state dict loads into them: a bf16 copy would round the saved fp32 values
-        self.precision_rule.apply(self.model, self.method.trained_parameters(self.model))
+        self.apply_precision_rule()  # before the state dict loads: a bf16 copy would round the saved fp32 values
         self.best = dict(extra.get("best", {}))
         self.schedule_start = int(extra.get("schedule_start", 0))
         self.schedule_origin = int(extra.get("schedule_origin", self.schedule_start))
