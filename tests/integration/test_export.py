@@ -13,7 +13,7 @@ from peftlab.export import CHECKPOINT, evaluate, export
 from peftlab.methods import METHODS
 from peftlab.train import run
 
-SMT = ["method.block_size=16", "method.budget_unit=blocks", "method.budget=5", "method.warmup_steps=2",
+SMT = ["method.block_size=16", "method.budget_unit=blocks", "method.budget=5", "method.warmup_steps=1",
        "method.smt_lr=3e-3", "method.warmup_mode=grad_only"]
 EXTRA = {"smt": SMT}
 FAST = {"lora", "smt", "capaboost_lora"}  # the rest are marked slow (≈10 s each)
