@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from peftlab.config_utils import require
+from peftlab.config_utils import NonNegativeInt, PositiveInt, require
 from peftlab.methods.base import MethodConfig
 
 SCORES = ("mean_abs", "abs_mean", "l1", "l2")
@@ -35,8 +35,8 @@ class SmtConfig(MethodConfig):
     # where the fp32 warm-up gradient sums live: True = CPU (official: grad.detach().cpu()), False = beside the
     # weights, None = CPU when the weights are on an accelerator (GPU runs), else beside them
     offload_grad_sums: bool | None = None
-    smt_lr_warmup_steps: int = 0  # lr warm-up of the block phase (official --smt_lr_warmup_steps, default 0)
-    block_size: int | str = "auto"  # side of the square blocks; auto: the largest of BLOCK_SIZES dividing all
+    smt_lr_warmup_steps: NonNegativeInt = 0  # lr warm-up of the block phase (official --smt_lr_warmup_steps, default 0)
+    block_size: PositiveInt | str = "auto"  # side of the square blocks; auto: the largest of BLOCK_SIZES dividing all
     score: str = "mean_abs"  # |mean(block)| (official default), mean(|block|), L1 or L2 of the summed gradient
     # global: top-k over a pool (official no_restriction); norm_dist: top-k of EVERY matrix (official, k·M in
     # all); per_matrix: k in all, k/M per matrix (ours); random: k random blocks (the reviewers' control)
@@ -54,10 +54,8 @@ class SmtConfig(MethodConfig):
                 f"gradients), got {self.warmup_steps}")
         require(self.warmup_mode in WARMUP_MODES, f"method.warmup_mode must be one of {WARMUP_MODES}, "
                 f"got '{self.warmup_mode}'")
-        require(self.block_size == "auto" or (isinstance(self.block_size, int) and self.block_size >= 1),
-                f"method.block_size must be a positive integer or auto, got {self.block_size!r}")
-        require(isinstance(self.smt_lr_warmup_steps, int) and self.smt_lr_warmup_steps >= 0,
-                f"method.smt_lr_warmup_steps must be an integer >= 0, got {self.smt_lr_warmup_steps!r}")
+        require(not isinstance(self.block_size, str) or self.block_size == "auto",
+                f"method.block_size must be an integer >= 1 or auto, got {self.block_size!r}")
         require(self.score in SCORES, f"method.score must be one of {SCORES}, got '{self.score}'")
         require(self.selection in SELECTIONS, f"method.selection must be one of {SELECTIONS}, "
                 f"got '{self.selection}'")
