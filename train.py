@@ -14,10 +14,12 @@ import hydra
 from omegaconf import DictConfig
 
 from peftlab.errors import PeftlabError, fail
+from peftlab.results import register_resolvers
 from peftlab.sweep import write_outcome
 from peftlab.train import run
 
 log = logging.getLogger("peftlab")
+register_resolvers()  # ${pid:} in the run directory (conf/config.yaml)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -25,7 +25,7 @@ from typing import Any
 
 from peftlab.errors import ConfigError
 
-STATUSES = ("running", "complete", "failed")
+STATUSES = ("running", "complete", "failed", "interrupted")  # train.py writes these (interrupted: Ctrl-C)
 PAPER_COLUMNS = ("table", "row", "task", "metric", "value", "paper", "arxiv", "source_table", "version", "note")
 CITATION_COLUMNS = ("paper", "arxiv", "source_table", "version")
 AVERAGE = "average"  # plain mean over the table's task columns
@@ -52,7 +52,7 @@ class Records:
     """Record files of a runs directory, sorted into results, non-results and refusals."""
 
     complete: list[dict[str, Any]] = field(default_factory=list)  # each with "_path"
-    incomplete: list[Path] = field(default_factory=list)  # status running/failed
+    incomplete: list[Path] = field(default_factory=list)  # status running/failed/interrupted
     refused: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
 
     def commits(self) -> list[str]:

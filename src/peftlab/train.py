@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import shlex
 import time
 import zipfile
 from pathlib import Path
@@ -15,12 +16,15 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from peftlab import precision, results
+from peftlab.checkpoint import load_checkpoint
 from peftlab.config_utils import build_dataclass, check_known, check_writable, instantiate, require, to_dict
 from peftlab.data import TaskDataModule
 from peftlab.errors import ConfigError, DataUnavailableError
+from peftlab.logs import quiet_known_warnings, route_library_logs
 from peftlab.methods import Method, build_method
 from peftlab.methods.base import count_parameters
 from peftlab.models import KINDS, ModelSpec, load_backbone, load_preprocessor, models_of_kind
@@ -137,13 +141,15 @@ def _check_local_data(task: Task) -> None:
 
 
 def _check_checkpoint(path: Path) -> None:
-    """A Lightning checkpoint is a torch zip archive; a truncated or foreign file fails here, before training."""
+    """A Lightning checkpoint is a torch zip archive; a truncated or foreign file, or one carrying a pickled
+    Python object (see :func:`peftlab.checkpoint.load_checkpoint`), fails here, before training."""
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError) as err:
         raise ConfigError(f"ckpt_path={path} is not a readable checkpoint ({err})") from err
     require(bad is None, f"ckpt_path={path} is corrupted (bad CRC in '{bad}')")
+    load_checkpoint(path, mmap=True)  # mapped, not read: only what the file's pickle holds is checked
 
 
 def build_model(cfg: DictConfig) -> tuple[nn.Module, Method, Task, ModelSpec, Any]:
@@ -162,8 +168,8 @@ def build(cfg: DictConfig) -> tuple[PeftModule, TaskDataModule, ModelSpec]:
     """Validated parts → a ready LightningModule and DataModule (seeds first)."""
     model, method, task, spec, preprocessor = build_model(cfg)
     trainable, total = count_parameters(model)
-    print(f"[peftlab] method={method.name} model={spec.name} task={task.name}: "
-          f"trainable {trainable:,} / {total:,} params ({100 * trainable / total:.4f}%)")
+    log.info(f"[peftlab] method={method.name} model={spec.name} task={task.name}: "
+             f"trainable {trainable:,} / {total:,} params ({100 * trainable / total:.4f}%)")
     task.setup(preprocessor, cfg.seed)
     module = PeftModule(model, method, task, to_dict(cfg.optim), run_config=resume_fingerprint(cfg),
                         select=OmegaConf.select(cfg, "report.select"))
@@ -189,7 +195,7 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     last = Path(dirpath) / "last.ckpt" if dirpath else None
     if cfg.get("auto_resume", True) and last is not None and last.is_file():
         _check_checkpoint(last)
-        print(f"[peftlab] resuming from {last} (auto_resume; auto_resume=false starts over)")
+        log.info(f"[peftlab] resuming from {last} (auto_resume; auto_resume=false starts over)")
         return str(last)
     return None
 
@@ -204,16 +210,53 @@ def _record_path(cfg: DictConfig, out_dir: Path, model_name: str, module: PeftMo
     resumed run completes its own record instead of leaving a 'running' one behind."""
     pointer = out_dir / "record_path"
     if resuming and pointer.is_file():
-        return Path(pointer.read_text().strip())
+        return results.from_repo(pointer.read_text().strip())
     path = results.record_path(cfg.paths.results_dir, module.task.name, module.method.name, model_name, cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pointer.write_text(str(path))
+    pointer.write_text(results.repo_relative(path))
     return path
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    """Write the run record, every path in it relative to the repository root (see results.repo_relative)."""
+    results.write_json_atomic(path, results.repo_relative_paths(record))
+
+
+def _was_interrupted(err: BaseException) -> bool:
+    """Ctrl-C or SIGTERM. Lightning catches the KeyboardInterrupt of Ctrl-C and calls ``sys.exit(1)`` inside its
+    handler, so the SystemExit that arrives here carries the KeyboardInterrupt as its context."""
+    return isinstance(err, (KeyboardInterrupt, SIGTERMException)) or isinstance(err.__context__, KeyboardInterrupt)
+
+
+def resume_command(out_dir: Path) -> str:
+    """The command that continues this run from its ``last.ckpt``: the same overrides + ``hydra.run.dir``
+    (relative to the working directory when inside it, so it can be pasted where the run was started)."""
+    where = out_dir.absolute()
+    if where.is_relative_to(Path.cwd()):
+        where = where.relative_to(Path.cwd())
+    return f"{results.command()} {shlex.quote(f'hydra.run.dir={where}')}"
+
+
+def _record_stopped(path: Path, record: dict[str, Any], err: BaseException, out_dir: Path) -> None:
+    """Write the record of a run that did not finish: ``interrupted`` (then, after printing the command that
+    resumes it, exit with the shell's status for the signal: 130 Ctrl-C, 143 SIGTERM) or ``failed`` with the error
+    (the caller re-raises)."""
+    if not _was_interrupted(err):
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", finished=results.now())
+        _write_record(path, record)
+        return
+    command = resume_command(out_dir)
+    record.update(status="interrupted", finished=results.now(), resume_command=command)
+    _write_record(path, record)
+    log.warning(f"[peftlab] interrupted; record: {results.repo_relative(path)}; resume with:\n  {command}")
+    raise SystemExit(143 if isinstance(err, SIGTERMException) else 130) from None
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one configuration; write its record; return its metrics."""
     start = time.time()
+    quiet_known_warnings()
+    route_library_logs()
     module, datamodule, spec = build(cfg)
     trainable_at_start, total = count_parameters(module.model)
     out_dir = Path(cfg.paths.output_dir)
@@ -240,18 +283,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "versions": results.versions(),
         "command": results.command(),
         "output_dir": str(out_dir),
-        "resumed_from": ckpt_path,
+        "resumed_from": ckpt_path,  # a path, or "last"
     }
+    _write_record(path, record)  # "running": a run killed outright (SIGKILL, lost node) leaves this behind
     try:
         if cfg.get("train", True):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("train/")}
         if cfg.get("test", True):
             for row in trainer.test(module, datamodule=datamodule, verbose=False):
                 metrics.update({k: float(v) for k, v in row.items()})
     except BaseException as err:
-        record.update(status="failed", error=f"{type(err).__name__}: {err}", finished=results.now())
-        results.write_json_atomic(path, record)
+        _record_stopped(path, record, err, out_dir)
         raise
     trainable, _ = count_parameters(module.model)
     record.update(
@@ -273,7 +316,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         global_steps=trainer.global_step,
         memory=results.peak_memory(),
     )
-    results.write_json_atomic(path, record)
+    _write_record(path, record)
     main = f"test/{module.task.main_metric}"
-    print(f"[peftlab] {main} = {metrics.get(main, float('nan')):.2f}; record: {path}")
+    log.info(f"[peftlab] {main} = {metrics.get(main, float('nan')):.2f}; record: {results.repo_relative(path)}")
     return metrics

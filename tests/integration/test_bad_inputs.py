@@ -6,6 +6,7 @@ ends a prefix (the rest quotes a library's error text, which varies between vers
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from collections.abc import Callable
@@ -44,9 +45,11 @@ SETUP: dict[str, Callable[[Path], None]] = {  # files some rows need, created un
         json.dumps([{"instruction": "q?", "answer": "a"}])),
     "corrupt_ckpt": lambda tmp: (tmp / "last.ckpt").write_bytes(b"PK\x03\x04 truncated checkpoint"),
     "a_file": lambda tmp: (tmp / "afile").write_text("not a directory"),
+    "pickled_ckpt": lambda tmp: torch.save({"state_dict": {}, "hparams": argparse.Namespace(lr=1.0)},
+                                           tmp / "pickled.ckpt"),  # loading it would unpickle a Namespace
 }
 NAMES = {"12": "missing_column", "13": "bad_label", "15": "commonsense_field", "16": "corrupt_ckpt",
-         "17": "a_file", "35": "a_file"}
+         "17": "a_file", "35": "a_file", "39": "pickled_ckpt"}
 NEEDS_NO_GPU = {"34"}  # trainer=gpu is a bad input only where no GPU is visible
 
 

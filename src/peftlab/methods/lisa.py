@@ -105,17 +105,32 @@ class Lisa(Method):
     def merge(self, model: nn.Module) -> nn.Module:
         return model  # the model's own weights were trained: nothing to fold
 
+    def trained_layers(self) -> list[int]:
+        """The blocks drawn in any period so far (draws are a function of (seed, period): nothing to store).
+        Includes the current period's draw, which may not have trained yet when the run ends on a multiple of K."""
+        return sorted({i for period in range(self.period + 1) for i in self.draw(period)})
+
+    def changed_names(self, model: nn.Module) -> set[str]:
+        """What LISA changed: every trainable weight outside the blocks (embeddings, norms, head) and every weight
+        of the blocks it ever trained; the other blocks are the base model's."""
+        prefix = f"{self.path}."
+        trained = tuple(f"{prefix}{i}." for i in self.trained_layers())
+        return {n for n, p in model.named_parameters()
+                if n.startswith(trained) or (p.requires_grad and not n.startswith(prefix))}
+
     def checkpoint_names(self, model: nn.Module) -> set[str]:
-        """Every block may have trained in an earlier period, so checkpoints keep every weight."""
-        return {n for n, _ in model.named_parameters()}
+        """Blocks trained in earlier periods are frozen now but changed: checkpoints keep them."""
+        return self.changed_names(model)
 
     def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """A full-parameter method: the 'adapter' is the whole model."""
-        return {n: p.detach().clone() for n, p in model.named_parameters()}
+        """A full-parameter method: the export holds what it changed (:meth:`changed_names`), which always
+        includes the embeddings (LISA trains them throughout), so it is much larger than a low-rank adapter."""
+        names = self.changed_names(model)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
 
     def method_state(self) -> dict[str, Any]:
         return {"layers": self.path, "num_layers": self.num_layers, "period": self.period,
-                "active_layers": list(self.active)}
+                "active_layers": list(self.active), "trained_layers": self.trained_layers()}
 
     def load_method_state(self, model: nn.Module, state: dict[str, Any]) -> nn.Module:
         if "active_layers" in state:

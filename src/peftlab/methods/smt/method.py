@@ -22,6 +22,7 @@ A run whose warm-up is not shorter than the run fails before training (:meth:`ch
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from typing import Any
@@ -38,6 +39,8 @@ from peftlab.methods.smt.config import BLOCK_SIZES, SmtConfig
 from peftlab.methods.smt.layer import BlockSparseLinear
 from peftlab.methods.smt.selection import block_scores, budget_blocks, select_blocks
 from peftlab.models import ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 def two_d_numel(model: nn.Module) -> int:
@@ -135,8 +138,8 @@ class SparseMatrixTuning(Method):
         self.pools = self.eligible(model, spec)
         self.budgets = self.plan_budgets(model)
         if self.config.block_size == "auto":
-            print(f"[peftlab] SMT: block_size=auto → {self.block_size} (the largest of {list(BLOCK_SIZES)} dividing "
-                  f"every eligible matrix); {self.planned_blocks()} blocks planned")
+            log.info(f"[peftlab] SMT: block_size=auto → {self.block_size} (the largest of {list(BLOCK_SIZES)} dividing "
+                     f"every eligible matrix); {self.planned_blocks()} blocks planned")
         if self.config.warmup_mode == "full":
             for p in model.parameters():
                 p.requires_grad_(True)
@@ -241,9 +244,9 @@ class SparseMatrixTuning(Method):
         self.switched_at = step
         self._convert(model, selection)
         counts = self.counts()
-        print(f"[peftlab] SMT: {sum(len(v) for v in selection.values())} blocks of {self.block_size}² selected after "
-              f"{step} warm-up steps ({c.warmup_mode}); per type {counts['per_type']}; per layer "
-              f"{counts['per_layer']}")
+        log.info(f"[peftlab] SMT: {sum(len(v) for v in selection.values())} blocks of {self.block_size}² selected "
+                 f"after {step} warm-up steps ({c.warmup_mode}); per type {counts['per_type']}; per layer "
+                 f"{counts['per_layer']}")
         return model
 
     def _convert(self, model: nn.Module, selection: dict[str, list[int]]) -> None:
