@@ -1,12 +1,14 @@
 """Parameter budget of any model × method, offline: the count a training run records, without weights.
 
-Usage (Hydra overrides, as for ``train.py``; the task decides the head, so pass the task you will train)::
+Usage (Hydra overrides, as for ``train.py``; the task decides the head, so pass the task you will train; a model
+config's ``default_task`` is used when no ``task=`` is given: the LLaMA models count with their LM task)::
 
     python -m peftlab.budget model=llama_7b method=lora method.r=32 "method.targets=[q,k,v,up,down]" task=commonsense
     python -m peftlab.budget model=roberta_base method=lora            # LoRA r=8 on q,v: ~0.3M (+ head)
     python -m peftlab.budget model=deberta_v3_base method=adapter_pfeiffer --solve method.bottleneck --target 1.18M
     python -m peftlab.budget model=llama_7b task=commonsense method=dora --solve method.r --target 0.84%
     python -m peftlab.budget model=roberta_base method=smt --solve method.<knob> --match method=lora method.r=8
+    python -m peftlab.budget model=llama_7b method=smt                 # task=commonsense: 863 blocks of 256²
 
 The backbone is built on the meta device (no memory, no download) from the architecture dimensions kept
 under ``config:`` in ``conf/model/<name>.yaml`` (or, without them, from a local/cached ``config.json``);
@@ -38,7 +40,7 @@ from torch import nn
 from peftlab.config_utils import require
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.methods import build_method
-from peftlab.methods.base import count_parameters
+from peftlab.methods.base import count_parameters, head_module_names
 from peftlab.models import ModelSpec, load_backbone, resolve_path
 from peftlab.train import validate_config
 
@@ -51,6 +53,7 @@ class Budget:
     total: int  # what the run record's params.total holds (the model as trained)
     base_total: int  # the backbone alone (the papers' denominator)
     head: str  # the task head the backbone was built with
+    head_modules: list[str] = field(default_factory=list)  # the head modules counted as trainable (train_head)
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific counts (Method.extra_counts)
 
     @property
@@ -111,8 +114,17 @@ def count(cfg: DictConfig, base: nn.Module | None = None) -> Budget:
     with torch.device("meta"):
         model = applied.apply(copy.deepcopy(base), spec)
     trainable, total = count_parameters(model)
-    return Budget(planned_count if planned_count is not None else trainable, total, base_total, task.head,
+    heads = head_module_names(base, spec) if method.config.train_head else []
+    return Budget(planned_count if planned_count is not None else trainable, total, base_total, task.head, heads,
                   applied.extra_counts(model))
+
+
+def with_default_task(overrides: list[str]) -> list[str]:
+    """``overrides`` plus ``task=<model.default_task>`` when they name no task and the model config has one."""
+    if any(o.lstrip("+~").split("=", 1)[0] == "task" for o in overrides):
+        return overrides
+    default = compose(overrides).model.get("default_task")
+    return [*overrides, f"task={default}"] if default else overrides
 
 
 def parse_count(text: str, base_total: int) -> float:
@@ -155,7 +167,9 @@ def solve(overrides: list[str], key: str, target: float, max_value: int = 1 << 2
 
 
 def describe(cfg: DictConfig, b: Budget) -> str:
-    return (f"model={cfg.model.name} method={cfg.method.name} task={cfg.task.name} (head {b.head}): "
+    heads = ", ".join(b.head_modules) or "none"
+    return (f"model={cfg.model.name} method={cfg.method.name} task={cfg.task.name} (head {b.head}; trained head "
+            f"modules: {heads}): "
             f"trainable {b.trainable:,} / total {b.total:,} ({b.pct_of_total:.4f}%); "
             f"of the base model's {b.base_total:,}: {b.pct_of_base:.4f}%"
             + "".join(f"; {k} {v:,}" for k, v in b.extra.items() if isinstance(v, int) and k != "mask_seed"))
@@ -171,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="target = the trainable count of these overrides on the same model and task")
     args = parser.parse_args(argv)
     try:
+        args.overrides = with_default_task(args.overrides)
         cfg = compose(args.overrides)
         if not args.solve:
             require(args.target is None and args.match is None, "--target/--match need --solve KEY")

@@ -43,11 +43,12 @@ class ModelSpec:
     tokenizer: str | None = None  # defaults to ``path``
     targets: dict[str, str] = field(default_factory=dict)  # logical name -> module-name regex
     fused: dict[str, list[str]] = field(default_factory=dict)  # target -> logical names it computes in one Linear
-    head: list[str] = field(default_factory=list)  # regexes of the task-head modules
+    head: list[str] = field(default_factory=list)  # regexes of the head modules a task adds (trained by every method)
     config: dict[str, Any] = field(default_factory=dict)  # architecture (hf_random; budget on meta device)
     pretrained: bool = True  # timm: load pretrained weights
     dtype: str = "float32"
     gradient_checkpointing: bool = False
+    default_task: str | None = None  # the task `python -m peftlab.budget` counts with when none is given
 
     def __post_init__(self) -> None:
         require(self.source in SOURCES, f"model.source must be one of {SOURCES}, got '{self.source}'")

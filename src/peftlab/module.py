@@ -2,7 +2,8 @@
 
 It asks the task for loss, predictions and metrics, and the method for its training-time hooks;
 it never branches on either. Optimizer and schedule: AdamW over the trainable parameters only,
-linear warm-up then linear decay (the schedule of LoRA/AdaLoRA/LLM-Adapters). Checkpoints hold only
+linear warm-up then linear decay (the schedule of LoRA/AdaLoRA/LLM-Adapters); the trained parameters are cast
+to fp32 first, every time the optimizer is built (the precision rule, :mod:`peftlab.precision`). Checkpoints hold only
 the trainable parameters, buffers and the method's structural state, so a PEFT checkpoint is small
 and reloads onto the base model.
 
@@ -16,6 +17,7 @@ what the method did at ``s`` (e.g. SMT's switch to blocks).
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from collections.abc import Sequence
@@ -28,6 +30,7 @@ from torch import nn
 
 from peftlab.config_utils import require
 from peftlab.methods.base import Method
+from peftlab.precision import PrecisionRule
 from peftlab.tasks.base import Task
 
 
@@ -54,6 +57,7 @@ class PeftModule(pl.LightningModule):
         self.schedule_start = 0  # global step at which the current optimizer and scheduler were built
         self.schedule_origin = 0  # global step at which the current lr schedule (warm-up, decay) began
         self._rng_to_restore: dict[str, Any] | None = None
+        self.precision_rule = PrecisionRule()
 
     # ---- training ----
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -62,6 +66,16 @@ class PeftModule(pl.LightningModule):
             raise FloatingPointError(f"non-finite training loss ({loss.item()}) at global step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True, batch_size=_batch_size(batch))
         return loss
+
+    def apply_precision_rule(self) -> None:
+        """Trained tensors fp32, the others in their load dtype (:mod:`peftlab.precision`)."""
+        self.precision_rule.apply(self.model, self.method.trained_parameters(self.model))
+
+    def setup(self, stage: str) -> None:
+        """Before Lightning restores a checkpoint or a strategy wraps the model (DDP buckets keep the dtype they
+        see at wrapping): the precision rule over the method's initial trained set."""
+        if stage == "fit":
+            self.apply_precision_rule()
 
     def on_fit_start(self) -> None:
         self.method.on_fit_start(self.model, int(self.trainer.estimated_stepping_batches))
@@ -90,6 +104,7 @@ class PeftModule(pl.LightningModule):
             self._rng_to_restore = None
 
     def configure_optimizers(self) -> dict[str, Any]:
+        self.apply_precision_rule()  # so AdamW's state is fp32 (a no-op unless the trained set changed)
         params = [p for p in self.model.parameters() if p.requires_grad]
         o = self.optim
         optimizer = torch.optim.AdamW(
@@ -102,7 +117,9 @@ class PeftModule(pl.LightningModule):
         # schedule_start/origin, not global_step: on a resume Lightning builds the optimizer before it restores the
         # step. The scheduler counts from schedule_start; the schedule itself runs from schedule_origin.
         total = max(1, self.trainer.estimated_stepping_batches - self.schedule_origin)
-        warmup = int(o["warmup_ratio"] * total) if o.get("warmup_steps") is None else int(o["warmup_steps"])
+        warmup = self.method.lr_warmup_steps()
+        if warmup is None:
+            warmup = int(o["warmup_ratio"] * total) if o.get("warmup_steps") is None else int(o["warmup_steps"])
         offset = self.schedule_start - self.schedule_origin
 
         def schedule(scheduler_step: int) -> float:
@@ -184,6 +201,7 @@ class PeftModule(pl.LightningModule):
                     + " (resume with the same config, or start a new run dir / auto_resume=false)")
         self.model = self.method.load_method_state(self.model, extra.get("method_state", {}))
         self.method.load_resume_state(self.model, extra.get("resume_state", {}))
+        self.apply_precision_rule()  # before the state dict loads: a bf16 copy would round the saved fp32 values
         self.best = dict(extra.get("best", {}))
         self.best_epoch = dict(extra.get("best_epoch", {}))
         self.schedule_start = int(extra.get("schedule_start", 0))
@@ -198,6 +216,19 @@ class MethodStep(pl.Callback):
                            batch_idx: int) -> None:
         assert isinstance(pl_module, PeftModule)
         pl_module.method_step()
+
+
+def planned_optimizer_steps(trainer: pl.Trainer, batches_per_epoch: int) -> int | float:
+    """The run's optimizer steps before ``fit`` (Lightning's ``estimated_stepping_batches`` formula, which needs the
+    fit loop set up): batches per epoch after ``limit_train_batches``, per process (approximately, under a
+    distributed sampler), over ``accumulate_grad_batches``, times ``max_epochs``, capped by ``max_steps``."""
+    if trainer.max_epochs == -1:
+        return float("inf") if trainer.max_steps == -1 else trainer.max_steps
+    limit = trainer.limit_train_batches
+    batches = int(batches_per_epoch * limit) if isinstance(limit, float) else min(batches_per_epoch, int(limit))
+    batches = math.ceil(batches / trainer.world_size)
+    steps = math.ceil(batches / trainer.accumulate_grad_batches) * max(trainer.max_epochs or 1, 1)
+    return min(steps, trainer.max_steps) if trainer.max_steps != -1 else steps
 
 
 def get_rng_state() -> dict[str, Any]:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from peftlab import results
+from peftlab import precision, results
 from peftlab.checkpoint import load_checkpoint
 from peftlab.config_utils import build_dataclass, check_known, check_writable, instantiate, require, to_dict
 from peftlab.data import TaskDataModule
@@ -28,7 +28,7 @@ from peftlab.logs import quiet_known_warnings, route_library_logs
 from peftlab.methods import Method, build_method
 from peftlab.methods.base import count_parameters
 from peftlab.models import KINDS, ModelSpec, load_backbone, load_preprocessor, models_of_kind
-from peftlab.module import PeftModule
+from peftlab.module import PeftModule, planned_optimizer_steps
 from peftlab.run_config import OptimConfig, RunConfig, top_level
 from peftlab.tasks import Task, build_task
 
@@ -39,6 +39,7 @@ def validate(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
     """Check the whole config and what a run needs from the machine (local data, a GPU when the trainer asks for
     one, writable output dirs, a readable checkpoint) before any data or weights load; return the built parts."""
     spec, method, task = validate_config(cfg)
+    precision.check(spec.dtype, OmegaConf.select(cfg, "trainer.precision", default="32-true"))
     _check_local_data(task)
     _check_accelerator(cfg.trainer)
     for key in ("results_dir", "output_dir"):
@@ -263,6 +264,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     callbacks = _instantiate_all(cfg, "callbacks")
     trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
 
+    # the method's phases must fit in the run (e.g. SMT's warm-up): checked now, before any record is written
+    module.method.check_total_steps(planned_optimizer_steps(trainer, len(datamodule.train_dataloader())))
     ckpt_path = resume_checkpoint(cfg)
     path = _record_path(cfg, out_dir, spec.name, module, resuming=ckpt_path is not None)
     record: dict[str, Any] = {
@@ -306,6 +309,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "method": module.method.extra_counts(module.model)},
         train_head=module.method.config.train_head,
         method_state=module.method.method_state(),  # e.g. SMT's selected blocks per layer and matrix type
+        # dtypes of the frozen and trained tensors at the end, and the autocast setting (docs/precision.md)
+        precision=precision.describe(module.model, module.method.trained_parameters(module.model),
+                                     trainer.precision),
         wall_time_s=time.time() - start,
         global_steps=trainer.global_step,
         memory=results.peak_memory(),

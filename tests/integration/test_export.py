@@ -23,7 +23,7 @@ from peftlab.methods import METHODS
 from peftlab.methods.base import ADAPTER_FILE
 from peftlab.train import run
 
-SMT = ["method.block_size=16", "method.budget_unit=blocks", "method.budget=5", "method.warmup_steps=2",
+SMT = ["method.block_size=16", "method.budget_unit=blocks", "method.budget=5", "method.warmup_steps=1",
        "method.smt_lr=3e-3", "method.warmup_mode=grad_only"]
 EXTRA = {"smt": SMT,
          "spt_lora": ["method.budget=5000"],  # tiny BERT holds at most 15,808 SPT parameters (default 200,000)

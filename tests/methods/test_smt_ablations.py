@@ -96,7 +96,7 @@ def test_budget_calculator_counts_like_global(selection: str) -> None:
 
 
 def test_random_selection_trains_end_to_end(cfg_factory, tmp_path) -> None:
-    cfg = cfg_factory("method=smt", *SMT, "method.selection=random", "task.num_train=32", "task.num_validation=16",
+    cfg = cfg_factory("method=smt", *SMT, "method.selection=random", "task.num_train=48", "task.num_validation=16",
                       "test=false")
     run(cfg)
     (record_file,) = (tmp_path / "runs").rglob("*.json")

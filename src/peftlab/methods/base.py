@@ -77,6 +77,26 @@ class Method:
         """Learning rate for an optimizer built now (a method may switch it, e.g. SMT after warm-up)."""
         return self.config.lr
 
+    def lr_warmup_steps(self) -> int | None:
+        """Warm-up steps of the lr schedule built now; None: ``optim.warmup_steps``/``warmup_ratio`` (SMT's block
+        phase has its own, 0 by default as in the official code)."""
+        return None
+
+    def check_total_steps(self, total_steps: int) -> None:
+        """Before training, with the run's number of optimizer steps: raise ConfigError if the method's phases
+        cannot fit in it (e.g. an SMT warm-up as long as the run)."""
+
+    def trained_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        """The parameters the optimizer updates now (fp32 under the precision rule, :mod:`peftlab.precision`):
+        every parameter that requires grad, except :meth:`probed_parameters`."""
+        probed = {id(p) for p in self.probed_parameters()}
+        return [p for p in model.parameters() if p.requires_grad and id(p) not in probed]
+
+    def probed_parameters(self) -> list[nn.Parameter]:
+        """Parameters that require grad only so that a gradient phase can read their gradients, and that nothing
+        updates (SMT's ``grad_only`` warm-up, SPT's sensitivity pass): they stay in their load dtype."""
+        return []
+
     # --- deployment and persistence ---
     def merge(self, model: nn.Module) -> nn.Module:
         """Fold the method's update into plain base-model layers (zero inference overhead)."""

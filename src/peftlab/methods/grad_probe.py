@@ -24,9 +24,14 @@ def squared(grad: torch.Tensor) -> torch.Tensor:
 
 
 def sum_gradients(params: dict[str, torch.Tensor], sums: dict[str, torch.Tensor], *, free: bool,
-                  transform: Callable[[torch.Tensor], torch.Tensor] = _identity) -> list[RemovableHandle]:
+                  transform: Callable[[torch.Tensor], torch.Tensor] = _identity,
+                  offload: Callable[[torch.device], bool] | None = None) -> list[RemovableHandle]:
     """Add ``transform(grad)`` of each named parameter to ``sums[name]`` (fp32, created on first use) at every
     backward pass; returns the hook handles (``.remove()`` them when done).
+
+    ``offload(grad.device)`` true: the sums live on the CPU (each gradient is copied there and added, as the
+    official SMT code's ``grad.detach().cpu()``); otherwise beside the gradient. A sum restored on another device
+    (a resumed run) moves there at its first addition.
 
     ``free=True``: the hook runs after the gradient is accumulated and then drops it (``param.grad = None``),
     so the probed parameters need ``requires_grad`` but never hold a gradient and are never updated, and
@@ -36,9 +41,13 @@ def sum_gradients(params: dict[str, torch.Tensor], sums: dict[str, torch.Tensor]
 
     def accumulate(name: str, grad: torch.Tensor) -> None:
         value = transform(grad.detach())
-        if name not in sums:
-            sums[name] = torch.zeros(value.shape, dtype=torch.float32, device=value.device)
-        sums[name].add_(value)
+        where = torch.device("cpu") if offload is not None and offload(value.device) else value.device
+        total = sums.get(name)
+        if total is None:
+            total = sums[name] = torch.zeros(value.shape, dtype=torch.float32, device=where)
+        elif total.device != where:
+            total = sums[name] = total.to(where)
+        total.add_(value.to(where))
 
     def read(name: str) -> Callable[[torch.Tensor], None]:
         return lambda grad: accumulate(name, grad)

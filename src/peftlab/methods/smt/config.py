@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peftlab.config_utils import require
+import torch
+
+from peftlab.config_utils import NonNegativeInt, PositiveInt, require
 from peftlab.methods.base import MethodConfig
 
 SCORES = ("mean_abs", "abs_mean", "l1", "l2")
-SELECTIONS = ("global", "per_matrix", "random")
+SELECTIONS = ("global", "norm_dist", "per_matrix", "random")
+BLOCK_SIZES = (256, 128, 64, 32, 16, 8)  # block_size=auto: the largest of these dividing every eligible matrix
 BUDGET_UNITS = ("ratio", "blocks", "params")
 WARMUP_MODES = ("full", "grad_only")
 ATTENTION = ("q", "k", "v", "qkv")
@@ -29,9 +32,15 @@ class SmtConfig(MethodConfig):
     mlp_targets: list[str] = field(default_factory=lambda: ["gate", "up", "down"])  # MLP pool (if mlp_budget)
     warmup_steps: int = 100  # optimizer steps of warm-up before the one-shot selection
     warmup_mode: str = "full"  # full: full FT as the official code; grad_only: sum gradients, update nothing
-    block_size: int = 256  # side of the square blocks; must divide every eligible matrix's dims
+    # where the fp32 warm-up gradient sums live: True = CPU (official: grad.detach().cpu()), False = beside the
+    # weights, None = CPU when the weights are on an accelerator (GPU runs), else beside them
+    offload_grad_sums: bool | None = None
+    smt_lr_warmup_steps: NonNegativeInt = 0  # lr warm-up of the block phase (official --smt_lr_warmup_steps, default 0)
+    block_size: PositiveInt | str = "auto"  # side of the square blocks; auto: the largest of BLOCK_SIZES dividing all
     score: str = "mean_abs"  # |mean(block)| (official default), mean(|block|), L1 or L2 of the summed gradient
-    selection: str = "global"  # top-k over a pool (official no_restriction), per matrix, or random (ablation)
+    # global: top-k over a pool (official no_restriction); norm_dist: top-k of EVERY matrix (official, k·M in
+    # all); per_matrix: k in all, k/M per matrix (ours); random: k random blocks (the reviewers' control)
+    selection: str = "global"
     selection_seed: int = 0  # seeds selection=random; conf/method/smt.yaml sets it to the run seed
     budget_unit: str = "ratio"  # ratio of blocks over ALL 2-D params (official) | blocks | params
     budget: float = 0.0084  # attention budget (official ratio 0.0084 ≈ 0.84% trainable on LLaMA-7B)
@@ -45,7 +54,8 @@ class SmtConfig(MethodConfig):
                 f"gradients), got {self.warmup_steps}")
         require(self.warmup_mode in WARMUP_MODES, f"method.warmup_mode must be one of {WARMUP_MODES}, "
                 f"got '{self.warmup_mode}'")
-        require(self.block_size >= 1, f"method.block_size must be a positive integer, got {self.block_size}")
+        require(not isinstance(self.block_size, str) or self.block_size == "auto",
+                f"method.block_size must be an integer >= 1 or auto, got {self.block_size!r}")
         require(self.score in SCORES, f"method.score must be one of {SCORES}, got '{self.score}'")
         require(self.selection in SELECTIONS, f"method.selection must be one of {SELECTIONS}, "
                 f"got '{self.selection}'")
@@ -74,6 +84,10 @@ class SmtConfig(MethodConfig):
         else:
             require(float(value).is_integer(), f"method.{key} counts {self.budget_unit} and must be an integer, "
                     f"got {value}")
+
+    def offloads(self, device: torch.device) -> bool:
+        """Whether the warm-up gradient sums of weights on ``device`` are kept on the CPU."""
+        return self.offload_grad_sums if self.offload_grad_sums is not None else device.type not in ("cpu", "meta")
 
     @property
     def pool_targets(self) -> dict[str, tuple[list[str], float]]:

@@ -13,8 +13,9 @@ Departures from the official code, all to save time or memory, none changing the
   copy, freed after the matmul; rebuilt in backward rather than saved). This is cheaper on CPU than adding
   the k block products to the dense output (measured in ``scripts/bench_smt_layer.py``, docs/smt.md
   "Memory and speed"). Training Δ from 0 with Adam and weight decay 0 (the paper's setting) follows the
-  same trajectory as training the block values. In half precision W₀ + Δ is rounded to the weight dtype
-  before the matmul, as in the official layer, whose block values live in the weight dtype;
+  same trajectory as training the block values. Δ is fp32 (the precision rule); with a half-precision W₀,
+  W₀ + Δ is rounded to the weight dtype before the matmul, as the official layer's bf16 block values are
+  rounded from DeepSpeed's fp32 master;
 - the official layer saves the whole input for backward; we save only the input column-blocks that some
   selected block reads (the input itself when every column-block is read, to avoid a useless copy);
 - any number of leading dims (2-D or 3-D inputs), bias supported, any module name.
@@ -107,8 +108,9 @@ class BlockSparseLinear(nn.Module):
         self.register_buffer("smt_used_cols", used, persistent=False)
         self.register_buffer("smt_col_slot", slot, persistent=False)
         self.register_buffer("smt_segments", block_segments(self.smt_rows, self.smt_cols, b, n_cols), persistent=False)
-        self.smt_delta = nn.Parameter(torch.zeros(len(blocks), b, b, dtype=self.weight.dtype,
-                                                  device=self.weight.device))
+        # at least fp32 whatever the weight dtype: a trained tensor (the precision rule, peftlab.precision)
+        dtype = torch.promote_types(self.weight.dtype, torch.float32)
+        self.smt_delta = nn.Parameter(torch.zeros(len(blocks), b, b, dtype=dtype, device=self.weight.device))
 
     @property
     def blocks(self) -> list[int]:

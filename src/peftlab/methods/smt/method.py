@@ -6,13 +6,18 @@ Phases, run inside Lightning's ``fit``:
    only with an MLP budget; never O) is summed in fp32. ``grad_only`` sums the same gradients without
    updating the backbone: each gradient is added to the sum and freed during backward, so the warm-up needs
    no gradient or optimizer memory for the backbone (a departure, offered because the official warm-up
-   needs full-FT memory).
+   needs full-FT memory). The sums live on the CPU when ``offload_grad_sums`` (default: when the weights are on
+   an accelerator), as the official code's ``grad.detach().cpu()``.
 2. switch (``on_train_batch_end`` at ``warmup_steps``, returns True so the module rebuilds optimizer and
    schedule, with ``smt_lr``): blocks scored and chosen once (:mod:`.selection`), every selected matrix
    becomes a :class:`~.layer.BlockSparseLinear`, every other parameter freezes (the task head stays
    trainable when ``train_head``, needed for a randomly initialised classifier; the paper tunes LLMs whose
-   LM head is pretrained and frozen).
+   LM head is pretrained and frozen). The new schedule has ``smt_lr_warmup_steps`` of warm-up (official
+   default 0: linear decay from ``smt_lr`` over the remaining steps), not ``optim``'s; AdamW keeps
+   ``optim.betas`` in both phases (official: (0.9, 0.95) in both).
 3. block training; ``merge`` writes the blocks back into plain ``nn.Linear``.
+
+A run whose warm-up is not shorter than the run fails before training (:meth:`check_total_steps`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from peftlab.errors import ConfigError
 from peftlab.methods import METHODS
 from peftlab.methods.base import Method, freeze, named_targets, unfreeze_head
 from peftlab.methods.grad_probe import sum_gradients
-from peftlab.methods.smt.config import SmtConfig
+from peftlab.methods.smt.config import BLOCK_SIZES, SmtConfig
 from peftlab.methods.smt.layer import BlockSparseLinear
 from peftlab.methods.smt.selection import block_scores, budget_blocks, select_blocks
 from peftlab.models import ModelSpec
@@ -71,30 +76,40 @@ class SparseMatrixTuning(Method):
         self.warmup_done = 0  # backward passes summed
         self.switched_at: int | None = None
         self.selection: dict[str, list[int]] = {}
+        self.block_size = 0  # resolved from config.block_size (auto: the largest size dividing every matrix)
+        self.grad_sums_memory: dict[str, int] = {}  # device type → bytes of the warm-up gradient sums
         self._hooks: list[Any] = []
+        self._probed: list[nn.Parameter] = []  # grad_only: weights whose gradients are read, never updated
 
     # ---------------- setup ----------------
     def eligible(self, model: nn.Module, spec: ModelSpec) -> dict[str, dict[str, nn.Linear]]:
-        """Pool → eligible linears, after checking that ``block_size`` divides each one's dims."""
-        b = self.config.block_size
+        """Pool → eligible linears; resolves ``block_size`` (``auto``: the largest of 256, 128, ..., 8 dividing
+        every eligible matrix; an explicit size must divide them all)."""
         pools: dict[str, dict[str, nn.Linear]] = {}
         for pool, (targets, _) in self.config.pool_targets.items():
             found = dict(named_targets(model, spec, targets))
             bad_type = [n for n, m in found.items() if not isinstance(m, nn.Linear)]
             require(not bad_type, f"SMT needs nn.Linear targets; {bad_type[:3]} are not")
-            for name, m in found.items():
-                if m.out_features % b or m.in_features % b:
-                    sizes = [s for s in (256, 128, 64, 32, 16, 8) if all(
-                        x.out_features % s == 0 and x.in_features % s == 0 for x in found.values())]
-                    raise ConfigError(f"method.block_size={b} does not divide {name} "
-                                      f"({m.out_features}×{m.in_features}); block sizes dividing every "
-                                      f"eligible matrix: {sizes or 'none of 256..8'}")
             pools[pool] = found
+        linears = {n: m for pool in pools.values() for n, m in pool.items()}
+        sizes = [s for s in BLOCK_SIZES if all(m.out_features % s == 0 and m.in_features % s == 0
+                                               for m in linears.values())]
+        b = self.config.block_size
+        if b == "auto":
+            require(bool(sizes), f"no block size of {list(BLOCK_SIZES)} divides every eligible matrix "
+                    f"({sorted({(m.out_features, m.in_features) for m in linears.values()})}); set method.block_size")
+            self.block_size = sizes[0]
+            return pools
+        for name, m in linears.items():
+            if m.out_features % b or m.in_features % b:
+                raise ConfigError(f"method.block_size={b} does not divide {name} ({m.out_features}×{m.in_features}); "
+                                  f"block sizes dividing every eligible matrix: {sizes or 'none of 256..8'}")
+        self.block_size = int(b)
         return pools
 
     def plan_budgets(self, model: nn.Module) -> dict[str, int]:
-        """Pool → number of blocks, checked against the eligible blocks of the pool."""
-        c, b = self.config, self.config.block_size
+        """Pool → number of blocks (for ``norm_dist``: of each matrix), checked against the eligible blocks."""
+        c, b = self.config, self.block_size
         numel = two_d_numel(model)
         budgets: dict[str, int] = {}
         for pool, (_, value) in c.pool_targets.items():
@@ -105,13 +120,26 @@ class SparseMatrixTuning(Method):
                     f"({numel:,} 2-D params); raise method.{key} or lower method.block_size")
             require(k <= available, f"SMT {pool} budget of {k} blocks ({k * b * b:,} params) exceeds the "
                     f"{available} eligible {b}×{b} blocks of {sorted({spec_type(n) for n in self.pools[pool]})}")
+            if c.selection == "norm_dist":
+                smallest = min(m.weight.numel() // (b * b) for m in self.pools[pool].values())
+                require(k <= smallest, f"SMT selection=norm_dist takes the top {k} blocks of every matrix, but the "
+                        f"smallest {pool} matrix has {smallest} blocks of {b}×{b}; lower method.{key} (e.g. "
+                        f"method.budget_unit=blocks method.{key}={smallest})")
             budgets[pool] = k
         return budgets
+
+    def planned_blocks(self) -> int:
+        """Blocks the switch will select: Σ over pools of k (``norm_dist``: k × the pool's matrices)."""
+        per_matrix = self.config.selection == "norm_dist"
+        return sum(k * (len(self.pools[pool]) if per_matrix else 1) for pool, k in self.budgets.items())
 
     def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:
         self.spec = spec
         self.pools = self.eligible(model, spec)
         self.budgets = self.plan_budgets(model)
+        if self.config.block_size == "auto":
+            log.info(f"[peftlab] SMT: block_size=auto → {self.block_size} (the largest of {list(BLOCK_SIZES)} dividing "
+                     f"every eligible matrix); {self.planned_blocks()} blocks planned")
         if self.config.warmup_mode == "full":
             for p in model.parameters():
                 p.requires_grad_(True)
@@ -123,29 +151,53 @@ class SparseMatrixTuning(Method):
         return model
 
     def planned_trainable(self, model: nn.Module, spec: ModelSpec) -> int:
-        """Trainable parameters after the switch: k × block_size² (+ the task head when ``train_head``)."""
+        """Trainable parameters after the switch: k × block_size² (``norm_dist``: k × M × block_size²), + the
+        task head when ``train_head``."""
         self.spec = spec
         self.pools = self.eligible(model, spec)
-        b = self.config.block_size
+        self.budgets = self.plan_budgets(model)
         head = 0
         if self.config.train_head:
             head = sum(p.numel() for n, p in model.named_parameters()
                        if any(spec.is_head(m) for m in _prefixes(n)))
-        return sum(self.plan_budgets(model).values()) * b * b + head
+        return self.planned_blocks() * self.block_size**2 + head
 
     # ---------------- warm-up ----------------
     def _add_hooks(self) -> None:
         weights = {name: m.weight for pool in self.pools.values() for name, m in pool.items()}
         grad_only = self.config.warmup_mode != "full"
-        for w in weights.values():
-            w.requires_grad_(w.requires_grad or grad_only)
+        self._probed = [w for w in weights.values() if grad_only and not w.requires_grad]
+        for w in self._probed:
+            w.requires_grad_(True)
         # grad_only: nothing updates the backbone and each gradient is freed as soon as it is summed
-        self._hooks = sum_gradients(weights, self.grad_sums, free=grad_only)
+        self._hooks = sum_gradients(weights, self.grad_sums, free=grad_only, offload=self.config.offloads)
 
     def _remove_hooks(self) -> None:
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        self._probed = []
+
+    def probed_parameters(self) -> list[nn.Parameter]:
+        return list(self._probed)
+
+    def lr_warmup_steps(self) -> int | None:
+        """The block phase: ``smt_lr_warmup_steps`` (official default 0: linear decay from ``smt_lr`` over the
+        remaining steps); the warm-up phase follows ``optim``."""
+        return self.config.smt_lr_warmup_steps if self.phase == "blocks" else None
+
+    def check_total_steps(self, total_steps: int) -> None:
+        require(self.config.warmup_steps < total_steps, f"method.warmup_steps={self.config.warmup_steps} is not "
+                f"shorter than the run's {total_steps} optimizer steps, so SMT would never train its blocks (the run "
+                f"would be full fine-tuning); set method.warmup_steps below {total_steps} or train longer "
+                "(task.epochs, trainer.max_steps)")
+
+    def grad_sum_bytes(self) -> dict[str, int]:
+        """Bytes of the warm-up gradient sums per device type (``cpu`` when offloaded)."""
+        out: Counter[str] = Counter()
+        for g in self.grad_sums.values():
+            out[g.device.type] += g.numel() * g.element_size()
+        return dict(out)
 
     def on_train_batch_end(self, model: nn.Module, step: int) -> bool:
         if self.phase == "warmup" and step >= self.config.warmup_steps:
@@ -184,15 +236,16 @@ class SparseMatrixTuning(Method):
         require(not missing, f"SMT warm-up summed no gradient for {missing[:3]}: are they used by the forward?")
         selection: dict[str, list[int]] = {}
         for pool, k in self.budgets.items():
-            scores = {n: block_scores(self.grad_sums[n], c.block_size, c.score) for n in self.pools[pool]}
+            scores = {n: block_scores(self.grad_sums[n], self.block_size, c.score) for n in self.pools[pool]}
             selection.update(select_blocks(scores, k, c.selection, c.selection_seed))
         self._remove_hooks()
+        self.grad_sums_memory = self.grad_sum_bytes()
         self.grad_sums = {}
         self.switched_at = step
         self._convert(model, selection)
         counts = self.counts()
-        log.info(f"[peftlab] SMT: {sum(len(v) for v in selection.values())} blocks of {c.block_size}² selected after "
-                 f"{step} warm-up steps ({c.warmup_mode}); per type {counts['per_type']}; per layer "
+        log.info(f"[peftlab] SMT: {sum(len(v) for v in selection.values())} blocks of {self.block_size}² selected "
+                 f"after {step} warm-up steps ({c.warmup_mode}); per type {counts['per_type']}; per layer "
                  f"{counts['per_layer']}")
         return model
 
@@ -200,7 +253,7 @@ class SparseMatrixTuning(Method):
         for name, blocks in selection.items():
             module = model.get_submodule(name)
             require(isinstance(module, nn.Linear), f"SMT cannot convert {name}: not an nn.Linear")
-            model.set_submodule(name, BlockSparseLinear(module, blocks, self.config.block_size))
+            model.set_submodule(name, BlockSparseLinear(module, blocks, self.block_size))
         for p in model.parameters():
             p.requires_grad_(False)
             p.grad = None  # warm-up gradients of now-frozen weights: free them
@@ -226,11 +279,13 @@ class SparseMatrixTuning(Method):
 
     def method_state(self) -> dict[str, Any]:
         """JSON-ready: phase, selection (block indices per matrix) and its counts, for checkpoints and records."""
-        state: dict[str, Any] = {"phase": self.phase, "block_size": self.config.block_size,
-                                 "budget_blocks": dict(self.budgets), "switched_at_step": self.switched_at}
+        state: dict[str, Any] = {"phase": self.phase, "block_size": self.block_size,
+                                 "budget_blocks": dict(self.budgets), "switched_at_step": self.switched_at,
+                                 "grad_sums_bytes": self.grad_sum_bytes() if self.phase == "warmup"
+                                 else dict(self.grad_sums_memory)}
         if self.phase == "blocks":
             state.update(selection=self.selection, counts=self.counts(),
-                         trainable_block_params=sum(map(len, self.selection.values())) * self.config.block_size**2)
+                         trainable_block_params=sum(map(len, self.selection.values())) * self.block_size**2)
         return state
 
     def resume_state(self) -> dict[str, Any]:
@@ -242,19 +297,18 @@ class SparseMatrixTuning(Method):
 
     def load_resume_state(self, model: nn.Module, state: dict[str, Any]) -> None:
         if self.phase == "warmup" and "grad_sums" in state:
-            device = {n: m.weight.device for pool in self.pools.values() for n, m in pool.items()}
-            self.grad_sums.clear()  # in place: the gradient hooks hold this dict
-            self.grad_sums.update({n: g.to(device=device.get(n, g.device), dtype=torch.float32)
-                                   for n, g in state["grad_sums"].items()})
+            self.grad_sums.clear()  # in place: the gradient hooks hold this dict (and move each sum where it belongs)
+            self.grad_sums.update({n: g.to(dtype=torch.float32) for n, g in state["grad_sums"].items()})
 
     def load_method_state(self, model: nn.Module, state: dict[str, Any]) -> nn.Module:
         if state.get("phase") != "blocks" or self.phase == "blocks":
             return model  # a warm-up checkpoint: warm-up goes on (gradient sums come from load_resume_state)
-        require(state.get("block_size") == self.config.block_size,
-                f"checkpoint used block_size {state.get('block_size')}, config says {self.config.block_size}")
+        require(state.get("block_size") == self.block_size,
+                f"checkpoint used block_size {state.get('block_size')}, this run resolves {self.block_size}")
         self._remove_hooks()
         self.grad_sums = {}
         self.switched_at = state.get("switched_at_step")
+        self.grad_sums_memory = dict(state.get("grad_sums_bytes", {}))
         self._convert(model, {n: list(b) for n, b in state["selection"].items()})
         return model
 
@@ -285,7 +339,7 @@ class SparseMatrixTuning(Method):
             for key, rows in state.items():
                 if key.endswith(".smt_rows"):
                     name = key[: -len(".smt_rows")]
-                    n_cols = model.get_submodule(name).in_features // self.config.block_size
+                    n_cols = model.get_submodule(name).in_features // self.block_size
                     selection[name] = (rows * n_cols + state[f"{name}.smt_cols"]).tolist()
             require(bool(selection), "SMT adapter state holds no block coordinates (*.smt_rows / *.smt_cols)")
             self._remove_hooks()

@@ -1,8 +1,14 @@
 """SMT block scoring and selection (arXiv 2405.15525 §3; official code ``deepspeed/`` selection step).
 
 The warm-up gradient sum G of each eligible matrix (shape ``out × in``) is cut into ``b × b`` blocks; each
-block gets a score and the top-k blocks are chosen, over all matrices of a pool at once (official
-``no_restriction``, the default) or k/M per matrix (official ``norm_dist``). Selection is one-shot.
+block gets a score and blocks are chosen once (official ``select_submatrix_based_on_grads`` in
+``deepspeed/smt/smt_helper.py``):
+
+- ``global``: the top-k over all matrices of a pool at once (official ``no_restriction``, the default);
+- ``norm_dist``: the top-k of *every* matrix, k·M blocks in all for M matrices (official ``norm_dist``: the
+  same n is passed and each matrix keeps ``argsort(scores)[:n]``; reported worse in the paper);
+- ``per_matrix`` (ours, not in the official code): k blocks in all, k/M from each matrix, so the budget stays
+  that of ``global`` while every matrix is tuned.
 
 ``random`` is the control reviewers of SMT asked for (not in the official code): the same number of blocks
 drawn uniformly without replacement from the same pool, seeded by the run seed; the warm-up still runs, so
@@ -65,6 +71,12 @@ def select_global(scores: dict[str, torch.Tensor], k: int) -> dict[str, list[int
     return _split(top, [scores[n].numel() for n in names], names)
 
 
+def select_norm_dist(scores: dict[str, torch.Tensor], k: int) -> dict[str, list[int]]:
+    """The official ``norm_dist``: the top-``k`` blocks of every matrix (k·M in all; ``k`` must not exceed the
+    blocks of the smallest matrix, which SMT checks when it is applied)."""
+    return {n: sorted(torch.topk(s.flatten(), k).indices.tolist()) for n, s in scores.items()}
+
+
 def select_per_matrix(scores: dict[str, torch.Tensor], k: int) -> dict[str, list[int]]:
     """``k // M`` blocks from each of the M matrices; the ``k mod M`` left over go to the matrices whose next
     best block scores highest (so exactly ``k`` blocks are chosen)."""
@@ -100,10 +112,12 @@ def select_random(scores: dict[str, torch.Tensor], k: int, seed: int) -> dict[st
 
 
 def select_blocks(scores: dict[str, torch.Tensor], k: int, mode: str, seed: int = 0) -> dict[str, list[int]]:
-    """Chosen block indices per matrix name, for ``mode`` in ``global`` / ``per_matrix`` / ``random``
-    (``seed`` is used by ``random`` only)."""
+    """Chosen block indices per matrix name, for ``mode`` in ``global`` / ``norm_dist`` / ``per_matrix`` /
+    ``random`` (``seed`` is used by ``random`` only)."""
     if mode == "global":
         return select_global(scores, k)
+    if mode == "norm_dist":
+        return select_norm_dist(scores, k)
     if mode == "per_matrix":
         return select_per_matrix(scores, k)
     if mode == "random":

@@ -47,7 +47,8 @@ class _SparseDeltaLinearFn(torch.autograd.Function):
             raise RuntimeError("SpIEL keeps the dense weight frozen; it must not require grad")
         if ctx.needs_input_grad[0]:
             merged = weight + _scatter(values.detach(), indices, weight.shape).to(weight.dtype)
-            grad_x = (g @ merged).view(*grad_out.shape[:-1], weight.shape[1])  # (..., in)
+            # under autocast g is half while W₀ may be fp32 (backward runs outside autocast): compute in g's dtype
+            grad_x = (g @ merged.to(g.dtype)).view(*grad_out.shape[:-1], weight.shape[1])  # (..., in)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = g.sum(0)
         if ctx.needs_input_grad[3] or ctx.grad_hook is not None:

@@ -27,7 +27,8 @@ class SparseDelta(nn.Module):
         self.spt_values = nn.Parameter(torch.zeros(indices.numel(), dtype=dtype, device=device))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        delta = torch.zeros(w.numel(), dtype=w.dtype, device=w.device).index_add(0, self.spt_index, self.spt_values)
+        values = self.spt_values  # fp32 under the precision rule, W possibly bf16: W + Δ is formed in fp32
+        delta = torch.zeros(w.numel(), dtype=values.dtype, device=w.device).index_add(0, self.spt_index, values)
         return w + delta.view(self.shape)
 
 

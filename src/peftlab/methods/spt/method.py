@@ -58,6 +58,7 @@ class SptLora(Method):
         self.plan: dict[str, dict[str, Any]] = {}  # param name → {"mode", "count"}
         self.tau: int | None = None
         self._hooks: list[Any] = []
+        self._probed: list[nn.Parameter] = []  # sensitivity phase: gradients read, never updated
 
     # ---------------- setup ----------------
     def candidates(self, model: nn.Module, spec: ModelSpec) -> list[Entry]:
@@ -82,8 +83,12 @@ class SptLora(Method):
         params = {e.name: model.get_parameter(e.name) for e in self.entries}
         for p in params.values():
             p.requires_grad_(True)
+        self._probed = list(params.values())
         self._hooks = sum_gradients(params, self.sums, free=True, transform=squared)
         return model
+
+    def probed_parameters(self) -> list[nn.Parameter]:
+        return list(self._probed)
 
     def planned_trainable(self, model: nn.Module, spec: ModelSpec) -> int:
         """The target (``budget``) plus the head; the realised count is the allocation closest to it (printed at
@@ -113,7 +118,7 @@ class SptLora(Method):
         require(not missing, f"SPT summed no gradient for {missing[:3]}: are they used by the forward?")
         for h in self._hooks:
             h.remove()
-        self._hooks = []
+        self._hooks, self._probed = [], []
         self.tau, decisions = allocate(self.sums, self.entries, self.config.budget, self.config.alpha,
                                        self.config.beta)
         self.sums = {}
