@@ -12,11 +12,18 @@ the python/numpy/torch RNG states (restored just before the first batch after a 
 the uninterrupted stream) and the run's config, which a resume must match. The method's per-step hook runs
 in a callback placed before Lightning's ModelCheckpoint, so a checkpoint taken at step ``s`` already holds
 what the method did at ``s`` (e.g. SMT's switch to blocks).
+
+Several processes (docs/multi_gpu.md): every process evaluates its share of whole batches and the outputs are
+gathered (:func:`peftlab.distributed.gather_batches`) before the task computes metrics, so every process logs
+the whole set's metrics and ``val/<main>_best`` is global; when the method changes its trainable tensors the DDP
+wrapper is rebuilt around the new ones (:func:`peftlab.distributed.follow_trainable_set`); a resume must use
+the world size the checkpoint was trained with (the data order depends on it).
 """
 
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any
 
 import numpy as np
@@ -24,9 +31,14 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from peftlab import distributed
 from peftlab.config_utils import require
 from peftlab.methods.base import Method
 from peftlab.tasks.base import Task
+
+# Evaluation metrics are computed from the outputs of every process (gather_batches), hence identical on every
+# process: Lightning's advice to average them across devices (sync_dist=True) does not apply.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|test)/")
 
 
 class PeftModule(pl.LightningModule):
@@ -73,7 +85,16 @@ class PeftModule(pl.LightningModule):
             self.schedule_start = self.global_step
             if self.method.restarts_schedule:
                 self.schedule_origin = self.global_step
+            distributed.follow_trainable_set(self.trainer.strategy)
             self.trainer.strategy.setup_optimizers(self.trainer)
+
+    def ddp_ignored_parameters(self) -> set[str]:
+        """Parameters DDP must not reduce: those the method probes for gradients without training them."""
+        return {f"model.{n}" for n in self.method.probed_parameters(self.model)}
+
+    def setup(self, stage: str) -> None:
+        if self.trainer.world_size > 1:  # the data order depends on it: a resume must use the same
+            self.run_config = {**self.run_config, "world_size": self.trainer.world_size}
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._rng_to_restore is not None:  # first batch after a resume: continue the saved random streams
@@ -120,6 +141,9 @@ class PeftModule(pl.LightningModule):
 
     def _log_metrics(self, split: str, prefix: str) -> None:
         outputs, self._outputs[split] = self._outputs[split], []
+        loaders = self.trainer.val_dataloaders if split == "validation" else self.trainer.test_dataloaders
+        outputs = distributed.gather_batches(outputs, getattr(getattr(loaders, "batch_sampler", None),
+                                                              "num_batches", None))
         if not outputs:
             return
         values = self.task.evaluate(outputs, split)

@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from peftlab import results
+from peftlab import distributed, results
 from peftlab.config_utils import build_dataclass, require, to_dict
 from peftlab.data import TaskDataModule
 from peftlab.errors import ConfigError, DataUnavailableError
@@ -55,7 +55,16 @@ def validate_config(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
     o = cfg.optim
     require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
     require(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}")
+    _validate_processes(cfg, method)
     return spec, method, task
+
+
+def _validate_processes(cfg: DictConfig, method: Method) -> None:
+    """Multi-process settings that cannot give the single-process answer (docs/multi_gpu.md)."""
+    trainer = cfg.get("trainer") or {}
+    require(not trainer.get("use_distributed_sampler", False), "trainer.use_distributed_sampler must stay false: "
+            "peftlab's samplers shard the data per process themselves (docs/multi_gpu.md)")
+    distributed.check_strategy(trainer.get("strategy", "auto"), method.name, method.changes_trainable_set)
 
 
 def _check_local_data(task: Task) -> None:
@@ -164,10 +173,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     loggers = _instantiate_all(cfg.get("logger"))
     callbacks = _instantiate_all(cfg.get("callbacks"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+                                                  strategy=distributed.build_strategy(cfg.trainer.get("strategy")))
+    distributed.check_launch(trainer)
+    # several processes: global rank 0 alone writes the record and its pointer (docs/multi_gpu.md)
+    rank, processes = distributed.launch_position(trainer)
+    leader = rank == 0
 
     ckpt_path = resume_checkpoint(cfg)
-    path = _record_path(cfg, out_dir, spec.name, module, resuming=ckpt_path is not None)
+    path = _record_path(cfg, out_dir, spec.name, module, resuming=ckpt_path is not None) if leader else None
     record: dict[str, Any] = {
         "record_version": results.RECORD_VERSION,
         "status": "running",
@@ -184,6 +198,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "command": results.command(),
         "output_dir": str(out_dir),
         "resumed_from": ckpt_path,
+        "processes": processes,
+
     }
     try:
         if cfg.get("train", True):
@@ -194,7 +210,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 metrics.update({k: float(v) for k, v in row.items()})
     except BaseException as err:
         record.update(status="failed", error=f"{type(err).__name__}: {err}", finished=results.now())
-        results.write_json_atomic(path, record)
+        if path is not None:
+            results.write_json_atomic(path, record)
         raise
     trainable, _ = count_parameters(module.model)
     record.update(
@@ -213,7 +230,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         global_steps=trainer.global_step,
         memory=results.peak_memory(),
     )
-    results.write_json_atomic(path, record)
-    main = f"test/{module.task.main_metric}"
-    print(f"[peftlab] {main} = {metrics.get(main, float('nan')):.2f}; record: {path}")
+    if path is not None:
+        results.write_json_atomic(path, record)
+        main = f"test/{module.task.main_metric}"
+        print(f"[peftlab] {main} = {metrics.get(main, float('nan')):.2f}; record: {path}")
     return metrics

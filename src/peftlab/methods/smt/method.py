@@ -13,6 +13,13 @@ Phases, run inside Lightning's ``fit``:
    trainable when ``train_head``, needed for a randomly initialised classifier; the paper tunes LLMs whose
    LM head is pretrained and frozen).
 3. block training; ``merge`` writes the blocks back into plain ``nn.Linear``.
+
+Several processes (DDP, docs/multi_gpu.md): the hooks sum each process's own gradients; the switch averages the
+sums over the processes before scoring (Σ_steps of the local gradient, averaged = Σ_steps of the averaged
+gradient, the sum one process with the global batch computes), and every process then checks that all selected
+the same blocks (:func:`peftlab.distributed.assert_same`). Checkpoints taken during the warm-up hold the averaged
+sums. ``grad_only`` probes the weights without training them (:meth:`probed_parameters`: DDP leaves them alone);
+the module re-wraps DDP around the blocks after the switch.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftlab import distributed
 from peftlab.config_utils import require
 from peftlab.errors import ConfigError
 from peftlab.methods import METHODS
@@ -56,6 +64,7 @@ def layer_index(name: str) -> int | None:
 @METHODS.register("smt")
 class SparseMatrixTuning(Method):
     config_cls = SmtConfig
+    changes_trainable_set = True
     config: SmtConfig
 
     def __init__(self, config: SmtConfig) -> None:
@@ -153,6 +162,12 @@ class SparseMatrixTuning(Method):
     def current_lr(self) -> float:
         return self.config.smt_lr if self.phase == "blocks" else self.config.lr
 
+    def probed_parameters(self, model: nn.Module) -> set[str]:
+        """``grad_only`` warm-up: the eligible weights, read and freed by the hooks, never updated."""
+        if self.phase != "warmup" or self.config.warmup_mode == "full":
+            return set()
+        return {f"{name}.weight" for pool in self.pools.values() for name in pool}
+
     def warmup(self, model: nn.Module, batches: Any, loss_fn: Any = None) -> nn.Module:
         """Run the warm-up outside Lightning (tests, benchmarks): ``warmup_steps`` batches from ``batches``
         (each ``model(**batch).loss`` unless ``loss_fn(model, batch)``), AdamW at ``lr`` in full mode; then
@@ -179,10 +194,13 @@ class SparseMatrixTuning(Method):
         c = self.config
         missing = [n for pool in self.pools.values() for n in pool if n not in self.grad_sums]
         require(not missing, f"SMT warm-up summed no gradient for {missing[:3]}: are they used by the forward?")
+        for name in sorted(self.grad_sums):  # several processes: the sums of the averaged gradients
+            distributed.all_reduce_mean_(self.grad_sums[name])
         selection: dict[str, list[int]] = {}
         for pool, k in self.budgets.items():
             scores = {n: block_scores(self.grad_sums[n], c.block_size, c.score) for n in self.pools[pool]}
             selection.update(select_blocks(scores, k, c.selection, c.selection_seed))
+        distributed.assert_same("SMT's block selection", selection)
         self._remove_hooks()
         self.grad_sums = {}
         self.switched_at = step
@@ -232,10 +250,13 @@ class SparseMatrixTuning(Method):
 
     def resume_state(self) -> dict[str, Any]:
         """During warm-up, the fp32 gradient sums so far, so a run resumed inside the warm-up selects the blocks
-        an uninterrupted run selects."""
+        an uninterrupted run selects. Several processes: the sums averaged over them (every process calls this
+        when a checkpoint is taken); every process resumes from them, and the switch's average of (that average
+        + each process's later sums) is the uninterrupted run's average."""
         if self.phase != "warmup":
             return {}
-        return {"grad_sums": {n: g.detach().clone() for n, g in self.grad_sums.items()}}
+        return {"grad_sums": {n: distributed.all_reduce_mean_(self.grad_sums[n].detach().clone())
+                              for n in sorted(self.grad_sums)}}
 
     def load_resume_state(self, model: nn.Module, state: dict[str, Any]) -> None:
         if self.phase == "warmup" and "grad_sums" in state:
