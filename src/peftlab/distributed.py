@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -124,7 +125,6 @@ def gather_batches(outputs: list[Any], num_batches: int | None) -> list[Any]:
     return ordered
 
 
-
 # ---------------------------------------------------------------- DDP that follows the method's trainable set
 class MethodDDPStrategy(DDPStrategy):
     """Lightning's :class:`~pytorch_lightning.strategies.DDPStrategy` (subprocess launcher), with two changes:
@@ -139,19 +139,18 @@ class MethodDDPStrategy(DDPStrategy):
       decides something).
     """
 
-    _init_sync = True
-
-    def _setup_model(self, model: nn.Module) -> nn.Module:  # type: ignore[override]
-        ignored = sorted(getattr(model, "ddp_ignored_parameters", lambda: set())())
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
-        if not any(p.requires_grad for n, p in model.named_parameters() if n not in set(ignored)):
+    def _setup_model(self, model: nn.Module, init_sync: bool = True) -> nn.Module:  # type: ignore[override]
+        ignored = set(getattr(model, "ddp_ignored_parameters", set)())
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, sorted(ignored))
+        if not any(p.requires_grad for n, p in model.named_parameters() if n not in ignored):
             return model
         device_ids = self.determine_ddp_device_ids()
-        return DistributedDataParallel(module=model, device_ids=device_ids, init_sync=self._init_sync,
-                                       **self._ddp_kwargs)
+        # as Lightning's DDPStrategy: built on a side stream on GPU (https://pytorch.org/docs/stable/notes/cuda.html)
+        with torch.cuda.stream(torch.cuda.Stream()) if device_ids is not None else nullcontext():
+            return DistributedDataParallel(module=model, device_ids=device_ids, init_sync=init_sync, **self._ddp_kwargs)
 
-    def configure_ddp(self) -> None:
-        self.model = self._setup_model(self.lightning_module)
+    def configure_ddp(self, init_sync: bool = True) -> None:
+        self.model = self._setup_model(self.lightning_module, init_sync)
         if isinstance(self.model, DistributedDataParallel):
             self._register_ddp_hooks()
 
@@ -159,11 +158,7 @@ class MethodDDPStrategy(DDPStrategy):
         """Wrap the LightningModule again, around the parameters that train now."""
         if isinstance(self.model, DistributedDataParallel):
             self.model._remove_autograd_hooks()
-        self._init_sync = False
-        try:
-            self.configure_ddp()
-        finally:
-            self._init_sync = True
+        self.configure_ddp(init_sync=False)
 
 
 def follow_trainable_set(strategy: Any) -> None:
