@@ -46,6 +46,9 @@ COMMON=("${MODEL[@]}" task=commonsense_synthetic "${DATA[@]}" trainer.max_epochs
         ++callbacks.checkpoint.every_n_epochs=1 optim.warmup_steps=1 seed=0)
 SMT=(method=smt method.block_size=32 method.budget_unit=blocks method.budget=8 method.warmup_steps=4
      method.lr=1e-4 method.smt_lr=1e-3)
+# FSDP units of >= 100k parameters: attention, MLP and embeddings each their own unit (at 7B the policy's 100M does
+# the same), so parameter names carry FSDP's wrapper prefixes as they do at paper scale
+FSDP_UNITS=(trainer.strategy.auto_wrap_policy.min_num_params=100000)
 echo "[device_check] $DEVICES device(s); outputs under $OUT"
 printf 'check\tresult\tseconds\tdetail\n' > "$OUT/summary.tsv"
 FAILED=0
@@ -131,8 +134,8 @@ check ddp_lora            train+export trainer=ddp method=lora method.lr=1e-3
 check ddp_smt_grad_only   train        trainer=ddp "${SMT[@]}" method.warmup_mode=grad_only
 check ddp_smt_full        train        trainer=ddp "${SMT[@]}" method.warmup_mode=full
 check ddp_full            train        trainer=ddp method=full method.lr=1e-4
-check fsdp_lora           train+export trainer=fsdp method=lora method.lr=1e-3
-check fsdp_full           train        trainer=fsdp method=full method.lr=1e-4
+check fsdp_lora           train+export trainer=fsdp method=lora method.lr=1e-3 "${FSDP_UNITS[@]}"
+check fsdp_full           train+export trainer=fsdp method=full method.lr=1e-4 "${FSDP_UNITS[@]}"
 check fsdp_smt_refused    "refused:changes its trainable tensors during training" trainer=fsdp "${SMT[@]}"
 
 echo "[device_check] summary: $OUT/summary.tsv"

@@ -30,6 +30,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.distributed.fsdp._common_utils import clean_tensor_name
 
 from peftlab import distributed
 from peftlab.config_utils import require
@@ -159,6 +160,7 @@ class PeftModule(pl.LightningModule):
         keep = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
         keep |= {f"model.{n}" for n, _ in self.model.named_buffers()}
         keep |= {f"model.{n}" for n in self.method.checkpoint_names(self.model)}
+        keep = {clean_tensor_name(k) for k in keep}  # FSDP units prefix their modules' names; its state dict does not
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["peftlab"] = {
             "method_state": self.method.method_state(),

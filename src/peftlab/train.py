@@ -15,6 +15,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.strategies import FSDPStrategy
 from torch import nn
 
 from peftlab import distributed, results
@@ -213,7 +214,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if path is not None:
             results.write_json_atomic(path, record)
         raise
-    trainable, _ = count_parameters(module.model)
+    # FSDP leaves each process its shard of the parameters; under FSDP the trainable set never changes (check_strategy)
+    trainable = trainable_at_start if isinstance(trainer.strategy, FSDPStrategy) else count_parameters(module.model)[0]
     record.update(
         status="complete",
         finished=results.now(),
