@@ -200,7 +200,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "output_dir": str(out_dir),
         "resumed_from": ckpt_path,
         "processes": processes,
-
     }
     try:
         if cfg.get("train", True):
