@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.seed import reset_seed
 from torch import nn
 from torch.distributed.fsdp._common_utils import clean_tensor_name
 
@@ -96,6 +97,11 @@ class PeftModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self.trainer.world_size > 1:  # the data order depends on it: a resume must use the same
             self.run_config = {**self.run_config, "world_size": self.trainer.world_size}
+        if stage == "fit":
+            # Lightning's DDP re-seeds every process when it starts (the run seed again); one process is re-seeded
+            # here too, so training draws the same random stream with one process or many (e.g. SPT's LoRA init
+            # at its switch; dropout masks still differ: each process draws them for its own rows)
+            reset_seed()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._rng_to_restore is not None:  # first batch after a resume: continue the saved random streams

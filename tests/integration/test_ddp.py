@@ -45,7 +45,7 @@ METHOD_OVERRIDES = {  # small schedules so that each method's decisions happen i
     "smt": SMT,
     "lisa": ["method.activated_layers=1", "method.interval_steps=3", "method.lr=1e-3"],
     "spiel": ["method.reselection_steps=4", "method.selection_accumulation_steps=1", "method.lr=1e-3"],
-    "spt_lora": ["method.sensitivity_batches=2", "method.budget=20000"],
+    "spt_lora": ["method.sensitivity_batches=2", "method.budget=5000"],
 }
 COMMONSENSE = ["model=tiny_llama", "model.config.vocab_size=512", "task=commonsense_synthetic", "task.num_train=64",
                "task.val_set_size=16", "task.num_eval=5", "task.eval_batch_size=8", "logger=none",
@@ -100,13 +100,25 @@ def _one_process_run(tmp_path: Path, overrides: list[str]) -> dict[str, Any]:
     return torch.load(tmp_path / "one_dump" / "rank0.pt", weights_only=False)
 
 
+def by_position(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """SpIEL's (indices, values) slots sorted by index: which slot holds an entry is bookkeeping (drop/grow ranks
+    |values| that Adam's first steps make nearly equal, so float noise reorders the slots), the update is not."""
+    out = dict(tensors)
+    for name in [k for k in tensors if k.endswith("spiel_indices")]:
+        order = tensors[name].argsort()
+        values = f"{name.removesuffix('indices')}values"
+        out[name], out[values] = tensors[name][order], tensors[values][order]
+    return out
+
+
 def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     """Largest |a − b| over floating tensors; integer/bool tensors (SpIEL's indices, SMT's block coordinates,
     CapaBoost's masks) must be equal."""
     assert a.keys() == b.keys(), sorted(set(a) ^ set(b))[:5]
     differ = [k for k in a if not a[k].is_floating_point() and not torch.equal(a[k], b[k])]
     assert not differ, f"structural tensors differ: {differ[:5]}"
-    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point()
+               and a[k].numel())
 
 
 def _decisions(method_state: dict[str, Any]) -> dict[str, Any]:
@@ -116,10 +128,12 @@ def _decisions(method_state: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_ddp_equals_one_process(tmp_path: Path, overrides: list[str], accumulate: bool = False,
-                                 atol: float = 1e-4) -> float:
+                                 atol: float = 1e-4, noise_only: tuple[str, ...] = ()) -> float:
     """The assertions of the module docstring; returns the largest |2-process − 1-process| over trained tensors.
     The one-process run takes batch 2B, or with ``accumulate`` batch B and 2 accumulated batches (the exact
-    counterpart whatever the loss's normalisation; batch 2B only when the loss is a mean over examples)."""
+    counterpart whatever the loss's normalisation; batch 2B only when the loss is a mean over examples).
+    ``noise_only``: name suffixes of tensors whose gradient is zero in exact arithmetic, left out of the
+    comparison with one process (Adam turns their float noise into ±lr steps that differ between runs)."""
     record_path, (rank0, rank1) = _ddp_run(tmp_path, [*overrides, f"task.batch_size={BATCH}"])
     record = json.loads(record_path.read_text())
     assert record["status"] == "complete" and record["processes"] == 2
@@ -135,7 +149,9 @@ def check_ddp_equals_one_process(tmp_path: Path, overrides: list[str], accumulat
     one = _one_process_run(tmp_path, [*overrides, *([f"task.batch_size={BATCH}", "trainer.accumulate_grad_batches=2"]
                                                     if accumulate else [f"task.batch_size={2 * BATCH}"])])
     assert _decisions(rank0["method_state"]) == _decisions(one["method_state"])
-    diff = max_difference(rank0["tensors"], one["tensors"])
+    compared = [by_position({k: v for k, v in t["tensors"].items() if not k.endswith(noise_only)})
+                for t in (rank0, one)]
+    diff = max_difference(*compared)
     print(f"\n[ddp] {' '.join(o for o in overrides if o.startswith(('method=', 'task=')))}: "
           f"max |2-process − 1-process| = {diff:.3g}")
     assert diff <= atol, diff
@@ -157,7 +173,9 @@ def test_ddp_generation_task_equals_one_process(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ddp_squad_windows_equal_one_process(tmp_path: Path) -> None:
-    check_ddp_equals_one_process(tmp_path, [*SQUAD, "method=lora", "method.lr=1e-2"])
+    # the span head's bias shifts every position's logit alike: softmax cancels it, its gradient is 0 (but noise)
+    check_ddp_equals_one_process(tmp_path, [*SQUAD, "method=lora", "method.lr=1e-2"],
+                                 noise_only=("qa_outputs.bias",))
 
 
 @pytest.mark.slow
