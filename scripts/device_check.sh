@@ -24,6 +24,7 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-$(mktemp -d -t peftlab_device_check.XXXXXX)}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=offline
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code, whatever is installed
 CHECK_TIMEOUT=${CHECK_TIMEOUT:-170}  # seconds per check
 
 if [ "${DEVICE_CHECK_CPU:-0}" = 1 ]; then
