@@ -5,7 +5,10 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export WANDB_MODE ?= offline
 
-.PHONY: help install demo test test-all lint bench clean
+# pytest's status, except that "no tests collected" (5) fails
+NONE_FAILS = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+
+.PHONY: help install demo test test-slow test-all lint bench clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -19,14 +22,17 @@ help: ## list targets
 
 install: .venv/.installed ## create .venv with pinned dependencies and the package (editable)
 
-demo: install ## offline demo: MiniLM + LoRA on the synthetic pair task (CPU, ~2 min)
+demo: install ## offline demo: MiniLM + LoRA on the synthetic pair task (CPU, a few minutes)
 	time $(PY) train.py
 
-test: install ## test suite (excludes tests marked slow); "no tests collected" fails
-	@$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
+test: install ## the quick loop: every test not marked slow; "no tests collected" fails
+	@$(PY) -m pytest -q; $(NONE_FAILS)
+
+test-slow: install ## only the tests marked slow (CI runs them after `make test`)
+	@$(PY) -m pytest -q -m slow; $(NONE_FAILS)
 
 test-all: install ## every test, slow ones included
-	$(PY) -m pytest -q -m ""
+	@$(PY) -m pytest -q -m ""; $(NONE_FAILS)
 
 lint: install ## ruff
 	$(PY) -m ruff check .

@@ -77,7 +77,7 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
     node["config"].update(hidden_size=args.hidden, intermediate_size=intermediate,
                           num_hidden_layers=args.layers, num_attention_heads=args.heads,
                           num_key_value_heads=args.heads, vocab_size=args.vocab)
-    return build_dataclass(ModelSpec, node, "bench model")
+    return build_dataclass(ModelSpec, node, "bench model", "model")
 
 
 def make_method(setting: dict[str, Any], fill: dict[str, Any]) -> Method:

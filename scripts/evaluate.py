@@ -14,6 +14,7 @@ import sys
 
 from peftlab.errors import PeftlabError
 from peftlab.export import evaluate
+from peftlab.logs import quiet_known_warnings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("export_dir", help="directory written by scripts/export.py")
     parser.add_argument("--no-compare", action="store_true", help="only print the metrics")
     args = parser.parse_args(argv)
+    quiet_known_warnings()
     try:
         measured, recorded = evaluate(args.export_dir)
     except PeftlabError as err:

@@ -14,6 +14,7 @@ import sys
 
 from peftlab.errors import PeftlabError
 from peftlab.export import export, human
+from peftlab.logs import quiet_known_warnings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", help="run record (.json), run output dir, or its checkpoint (.ckpt)")
     parser.add_argument("dest", help="new directory to write the export to")
     args = parser.parse_args(argv)
+    quiet_known_warnings()
     try:
         meta = export(args.source, args.dest)
     except PeftlabError as err:

@@ -21,8 +21,32 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from peftlab.errors import ConfigError
+from peftlab.reproduce import experiment_names, table_columns
 from peftlab.table_render import Header, render_csv, render_markdown
 from peftlab.tables import Records, build_table, cell_key, is_mini, load_records, table_of
+
+
+def _no_table_message(runs: Path, complete: int, incomplete: int) -> str:
+    if not complete:
+        return f"no complete records under {runs} ({incomplete} incomplete)"
+    return (f"the {complete} complete record(s) under {runs} belong to no table (runs made without "
+            "experiment=<table>, such as the demo); a table is built from the runs of `python scripts/reproduce.py "
+            "<table>` (`--list` names the tables; `--mini` runs the offline mini version), and the mini tables "
+            "from their records: python scripts/make_tables.py --runs results/mini/runs --mini")
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write ``text`` unless ``path`` already holds it but for the "- built:" date and "- command:" lines (another
+    command that builds the same table, e.g. without --table); return whether written. Rebuilding a table from
+    the same records then leaves the tracked file untouched (a rewrite only to change the date marked every later
+    run record ``git.dirty``)."""
+    def undated(t: str) -> list[str]:
+        return [line for line in t.splitlines() if not line.startswith(("- built: ", "- command: "))]
+
+    if path.is_file() and undated(path.read_text()) == undated(text):
+        return False
+    path.write_text(text)
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         found = sorted({cell_key(r)[0] for r in recs.complete} - {""})
         tables = args.table or found
         if not tables:
-            print(f"[make_tables] no complete records of any table under {args.runs} "
-                  f"({len(recs.incomplete)} incomplete)", file=sys.stderr)
+            print(f"[make_tables] {_no_table_message(args.runs, len(recs.complete), len(recs.incomplete))}",
+                  file=sys.stderr)
             return 1
         out.mkdir(parents=True, exist_ok=True)
+        known = experiment_names()
         for table in tables:
-            data, paper = build_table(recs, table, args.paper_dir, mini)
+            columns = table_columns(table, mini) if table in known else []  # the tasks its averages name
+            data, paper = build_table(recs, table, args.paper_dir, mini, columns)
             header = Header(
                 command=command, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 record_count=len(data.records), commits=Records(complete=data.records).commits(),
@@ -61,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
                 tasks=sorted({str(r["task"]) for r in data.records}), mini=mini,
                 incomplete=[str(p) for p in recs.incomplete if table_of(p) in (table, None)],
                 refused=[(str(p), w) for p, w in recs.refused])
-            (out / f"{table}.md").write_text(render_markdown(data, paper, header))
-            (out / f"{table}.csv").write_text(render_csv(data, paper))
-            print(f"[make_tables] {table}: {len(data.records)} record(s) → {out / table}.md, {out / table}.csv")
+            changed = [write_if_changed(out / f"{table}.md", render_markdown(data, paper, header)),
+                       write_if_changed(out / f"{table}.csv", render_csv(data, paper))]
+            print(f"[make_tables] {table}: {len(data.records)} record(s) → {out / table}.md, {out / table}.csv"
+                  + ("" if any(changed) else " (unchanged: not rewritten)"))
     except ConfigError as err:
         print(f"[make_tables] error: {err}", file=sys.stderr)
         return 2

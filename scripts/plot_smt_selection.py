@@ -1,11 +1,12 @@
 """Plot which blocks SMT chose: selected blocks per layer × matrix type (the paper's "V matters most" check).
 
 Usage:
-    python scripts/plot_smt_selection.py outputs/.../checkpoints/last.ckpt --out results/figures/smt_selection.png
-    python scripts/plot_smt_selection.py results/runs/<record>.json      # a run record holding method_state
+    python scripts/plot_smt_selection.py outputs/.../checkpoints/last.ckpt   # → results/figures/smt_selection.png
+    python scripts/plot_smt_selection.py results/runs/<record>.json --out results/figures/smt_rte.png
 
-Input: a Lightning checkpoint (``peftlab.method_state``), a run record (``method_state``) or a JSON file
-holding SMT's ``method_state()`` itself. Prints the table and writes a heat map.
+Input: a Lightning checkpoint (``peftlab.method_state``; read with ``weights_only=True``, so a file carrying a
+pickled object is refused), a run record (``method_state``) or a JSON file holding SMT's ``method_state()``
+itself. Prints the table and writes a heat map (default ``results/figures/smt_selection.png``).
 """
 
 from __future__ import annotations
@@ -20,15 +21,20 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from peftlab.checkpoint import load_checkpoint  # noqa: E402
+from peftlab.errors import PeftlabError  # noqa: E402
 from peftlab.methods.smt.method import layer_index, spec_type  # noqa: E402
+
+DEFAULT_OUT = Path("results") / "figures" / "smt_selection.png"
 
 
 def load_state(path: Path) -> dict[str, Any]:
     """SMT's method_state from a checkpoint, a run record or a bare method_state JSON."""
     if path.suffix == ".ckpt":
-        import torch
-
-        data = torch.load(path, map_location="cpu", weights_only=False).get("peftlab", {})
+        try:
+            data = load_checkpoint(path, mmap=True).get("peftlab", {})
+        except PeftlabError as err:
+            raise SystemExit(f"error: {err}") from None
     else:
         data = json.loads(path.read_text())
     state = data.get("method_state", data)
@@ -48,11 +54,11 @@ def grid(state: dict[str, Any]) -> tuple[list[int], list[str], list[list[int]]]:
     return layers, types, [[cells.get((layer, t), 0) for t in types] for layer in layers]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("source", type=Path)
-    parser.add_argument("--out", type=Path, default=Path("smt_selection.png"))
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"figure path (default {DEFAULT_OUT})")
+    args = parser.parse_args(argv)
     state = load_state(args.source)
     layers, types, counts = grid(state)
     print("layer  " + "  ".join(f"{t:>8}" for t in types))

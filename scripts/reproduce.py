@@ -6,6 +6,7 @@
     python scripts/reproduce.py smt_commonsense --launcher submitit_slurm   # as SLURM array jobs (submitit)
     python scripts/reproduce.py smt_budget --mini                     # offline mini version → results/*/mini/
     python scripts/reproduce.py capaboost_squad --seeds 42 --methods lora -- trainer.devices=2
+    python scripts/reproduce.py capaboost_glue --methods capaboost_lora --tasks rte --seeds 42   # one cell
 
 Runs whose COMPLETE record already exists (same table, row, task, seed) are skipped, so a killed
 reproduction resumes by running the same command. Afterwards scripts/make_tables.py rebuilds the table and,
@@ -21,7 +22,8 @@ import time
 from pathlib import Path
 
 from peftlab import reproduce as rp
-from peftlab.errors import ConfigError
+from peftlab.errors import EXIT_FAILED, ConfigError
+from peftlab.sweep import collect, summary
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -31,6 +33,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--mini", action="store_true", help="offline mini version (table.mini) into results/mini/runs")
     ap.add_argument("--seeds", type=int, nargs="+", help="replace the table's seeds")
     ap.add_argument("--methods", nargs="+", help="only these method entries of the table")
+    ap.add_argument("--tasks", nargs="+", help="only these task entries of the table (one cell: with --methods)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--launcher", help="Hydra launcher, e.g. submitit_slurm (conf/hydra/launcher/)")
     ap.add_argument("--runs-dir", help="records directory (default results/runs, --mini: results/mini/runs)")
@@ -62,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(rp.experiment_names()))
         return 0
     try:
-        plan = rp.resolve_keys(rp.plan(args.table, args.mini, args.seeds, args.methods))
+        plan = rp.resolve_keys(rp.plan(args.table, args.mini, args.seeds, args.methods, args.tasks))
     except ConfigError as err:
         print(f"ConfigError: {err}", file=sys.stderr)
         return 2
@@ -82,14 +85,37 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.launcher:  # each call waits on its cluster jobs: submit all groups at once
         procs = [subprocess.Popen(c, cwd=rp.ROOT) for c in cmds]
-        failed = sum(p.wait() != 0 for p in procs)
+        codes = [p.wait() for p in procs]
     else:
-        failed = sum(subprocess.run(c, cwd=rp.ROOT).returncode != 0 for c in cmds)
-    if failed:
-        print(f"[reproduce] {failed} multirun(s) failed; their runs stay missing (rerun to resume)", file=sys.stderr)
+        codes = [subprocess.run(c, cwd=rp.ROOT).returncode for c in cmds]
+    failed = report_failures(args.table, cmds, codes)
     if not args.no_tables:
-        rebuild(args.table, runs_dir, args.mini)
-    return 1 if failed else 0
+        if rp.pending(plan, rp.done_keys(rp.ROOT / runs_dir)) == plan.points:
+            print(f"[reproduce] no complete run of table '{args.table}' in {runs_dir}: table not written",
+                  file=sys.stderr)
+        else:
+            rebuild(args.table, runs_dir, args.mini)
+    return EXIT_FAILED if failed else 0
+
+
+def report_failures(table: str, cmds: list[list[str]], codes: list[int]) -> bool:
+    """Print which runs of the multiruns ``cmds`` failed and why (their job outcomes, peftlab/sweep.py), and each
+    multirun that failed before any job ran; True when anything failed."""
+    outcomes = {}
+    for cmd in cmds:
+        sweep_dir = next(a.split("=", 1)[1] for a in reversed(cmd) if a.startswith("hydra.sweep.dir="))
+        outcomes[rp.shell(cmd)] = collect(rp.ROOT / sweep_dir)
+    lines = summary([o for found in outcomes.values() for o in found], f"[reproduce] {table}") if cmds else []
+    for cmd, code in zip(cmds, codes, strict=True):
+        if code and not outcomes[rp.shell(cmd)]:
+            lines.append(f"  FAILED multirun (status {code}, no job ran): {rp.shell(cmd)}")
+    failed = len(lines) > 1
+    if lines:
+        print("\n".join(lines), file=sys.stderr if failed else sys.stdout, flush=True)
+    if failed:
+        print("[reproduce] failed runs stay missing: fix the cause and rerun the same command (complete runs are "
+              "skipped)", file=sys.stderr)
+    return failed
 
 
 if __name__ == "__main__":

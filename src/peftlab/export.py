@@ -13,7 +13,9 @@ An export directory holds only what a method trained, written by the method's ``
 
 plus ``config.yaml`` (the resolved run config) and ``export.json`` (method state, the recorded test metrics,
 file sizes, where it came from). The directory is written under a temporary name and renamed at the end,
-so a crash never leaves a half-written export.
+so a crash never leaves a half-written export. The checkpoint is read with ``weights_only=True``
+(:func:`peftlab.checkpoint.load_checkpoint`: a file carrying a pickled object is refused) and must be from the
+step the run record ended at (``global_steps``): an older ``last.ckpt`` would not reproduce the recorded metrics.
 
 :func:`evaluate` rebuilds the base model exactly as the run built it (same seed: a random-init test model
 is reproduced too), applies the method, loads the adapter and runs the task's test split.
@@ -24,20 +26,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from peftlab import results
+from peftlab.checkpoint import load_checkpoint
 from peftlab.config_utils import require
 from peftlab.data import TaskDataModule
-from peftlab.errors import ConfigError
 from peftlab.module import PeftModule
 
 CHECKPOINT = Path("checkpoints") / "last.ckpt"  # where conf/callbacks/default.yaml saves, under output_dir
@@ -64,7 +65,7 @@ def locate(source: str | os.PathLike[str]) -> RunSource:
         record = json.loads(path.read_text())
         require(record.get("status") == "complete", f"run record {path} has status '{record.get('status')}', "
                 "not 'complete': only finished runs can be exported")
-        out_dir = Path(record["output_dir"])
+        out_dir = results.from_repo(record["output_dir"])
         return RunSource(OmegaConf.create(record["config"]), out_dir / CHECKPOINT, record, path)
     out_dir = path.parent.parent if path.is_file() else path
     checkpoint = path if path.is_file() else out_dir / CHECKPOINT
@@ -86,19 +87,20 @@ def find_record(results_dir: Path, out_dir: Path) -> Path | None:
             rec = json.loads(p.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if rec.get("status") == "complete" and Path(rec.get("output_dir", "")).resolve() == out_dir.resolve():
+        ran_in = results.from_repo(rec.get("output_dir", ""))
+        if rec.get("status") == "complete" and ran_in.resolve() == out_dir.resolve():
             found.append(p)
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A Lightning checkpoint written by :class:`PeftModule`; unreadable → one clear :class:`ConfigError`."""
-    require(path.is_file(), f"checkpoint {path} not found (runs save one with callbacks=default)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own file: holds method state
-    except Exception as err:  # noqa: BLE001 - any unpickling/zip failure means a corrupted file
-        raise ConfigError(f"checkpoint {path} is not a readable checkpoint ({type(err).__name__}: {err})") from err
-    require(isinstance(ckpt, dict) and "state_dict" in ckpt, f"checkpoint {path} holds no 'state_dict'")
+def read_checkpoint(source: RunSource) -> dict[str, Any]:
+    """The run's checkpoint (safely loaded), refused when it is not from the step its record ended at."""
+    ckpt = load_checkpoint(source.checkpoint)
+    steps = (source.record or {}).get("global_steps")
+    require(steps is None or ckpt.get("global_step") == steps,
+            f"checkpoint {source.checkpoint} is from step {ckpt.get('global_step')}, but run record "
+            f"{source.record_path} ended at step {steps}, so exporting it would not reproduce the recorded metrics; "
+            "rerun the run (last.ckpt is now also saved at the final step) and export its new record")
     return ckpt
 
 
@@ -106,8 +108,8 @@ def trained_model(source: RunSource) -> tuple[nn.Module, Any, Any, Any]:
     """The run's model with its checkpoint loaded (as Lightning restores it: method state, then tensors)."""
     from peftlab.train import build_model
 
+    ckpt = read_checkpoint(source)  # before building: a stale or unsafe checkpoint fails at once
     model, method, task, _, preprocessor = build_model(source.config)
-    ckpt = read_checkpoint(source.checkpoint)
     model = method.load_method_state(model, ckpt.get("peftlab", {}).get("method_state", {}))
     state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
     result = model.load_state_dict(state, strict=False)
@@ -135,7 +137,8 @@ def export(source: str | os.PathLike[str], dest: str | os.PathLike[str]) -> dict
     require(not dest.exists(), f"export destination {dest} already exists; choose a new directory")
     model, method, _, _ = trained_model(run)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp"))
+    tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"  # mkdir, not mkdtemp (0700): the umask's mode
+    tmp.mkdir()
     try:
         (tmp / ADAPTER_DIR).mkdir()
         method.save_adapter(model, tmp / ADAPTER_DIR)
@@ -148,8 +151,8 @@ def export(source: str | os.PathLike[str], dest: str | os.PathLike[str]) -> dict
             "seed": run.config.seed,
             "method_state": method.method_state(),
             "recorded_metrics": _test_metrics((run.record or {}).get("metrics", {})),
-            "source": {"record": str(run.record_path) if run.record_path else None,
-                       "checkpoint": str(run.checkpoint)},
+            "source": {"record": results.repo_relative(run.record_path) if run.record_path else None,
+                       "checkpoint": results.repo_relative(run.checkpoint)},
             "sizes": {"adapter_files": adapter_files, "adapter_bytes": sum(adapter_files.values()),
                       "full_model_bytes": tensor_bytes(model),
                       "checkpoint_bytes": run.checkpoint.stat().st_size},
@@ -157,7 +160,7 @@ def export(source: str | os.PathLike[str], dest: str | os.PathLike[str]) -> dict
             "git": results.git_commit(),
             "versions": results.versions(),
         }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))  # strict: method_state must be plain JSON
         os.rename(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

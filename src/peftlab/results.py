@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
+REPO_ROOT = Path(__file__).resolve().parents[2]  # src/peftlab/results.py → the repository (editable install)
 PACKAGES = ("torch", "transformers", "peft", "pytorch-lightning", "datasets", "timm", "hydra-core", "numpy")
 RECORD_VERSION = 1
 
@@ -103,3 +105,38 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 def record_path(results_dir: str | os.PathLike[str], task: str, method: str, model: str, seed: int) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     return Path(results_dir) / task / method / model / f"seed{seed}_{stamp}.json"
+
+
+def repo_relative(path: str | os.PathLike[str]) -> str:
+    """``path`` relative to the repository root when it lies inside it (records, pointers and exports travel with
+    the repository: no absolute path of one machine), else absolute. :func:`from_repo` is the inverse."""
+    absolute = Path(path).absolute()
+    for candidate in (absolute, absolute.resolve()):
+        if candidate.is_relative_to(REPO_ROOT):
+            return str(candidate.relative_to(REPO_ROOT))
+    return str(absolute)
+
+
+def from_repo(path: str | os.PathLike[str]) -> Path:
+    """A path as records store it (:func:`repo_relative`): relative ones are relative to the repository root."""
+    return Path(path) if Path(path).is_absolute() else REPO_ROOT / path
+
+
+def repo_relative_paths(data: Any) -> Any:
+    """``data`` (a record, a resolved config) with every string that is an absolute path inside the repository
+    made relative to it; other values unchanged."""
+    if isinstance(data, dict):
+        return {k: repo_relative_paths(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [repo_relative_paths(v) for v in data]
+    if isinstance(data, str) and os.path.isabs(data):
+        relative = repo_relative(data)
+        return data if os.path.isabs(relative) else relative
+    return data
+
+
+def register_resolvers() -> None:
+    """``${pid:}`` (this process's id), used with microseconds in conf/config.yaml's run and sweep directories so
+    that two runs started at the same moment never share a directory."""
+    if not OmegaConf.has_resolver("pid"):
+        OmegaConf.register_new_resolver("pid", os.getpid)

@@ -5,8 +5,9 @@ validate → seed → task → backbone → method → trainer → fit → test 
 
 from __future__ import annotations
 
+import inspect
 import logging
-import os
+import shlex
 import time
 import zipfile
 from pathlib import Path
@@ -16,30 +17,35 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.strategies import FSDPStrategy
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from peftlab import distributed, results
-from peftlab.config_utils import build_dataclass, require, to_dict
+from peftlab.checkpoint import load_checkpoint
+from peftlab.config_utils import build_dataclass, check_known, check_writable, instantiate, require, to_dict
 from peftlab.data import TaskDataModule
 from peftlab.errors import ConfigError, DataUnavailableError
+from peftlab.logs import quiet_known_warnings, route_library_logs
 from peftlab.methods import Method, build_method
 from peftlab.methods.base import count_parameters
-from peftlab.models import ModelSpec, load_backbone, load_preprocessor
+from peftlab.models import KINDS, ModelSpec, load_backbone, load_preprocessor, models_of_kind
 from peftlab.module import PeftModule
+from peftlab.run_config import OptimConfig, RunConfig, top_level
 from peftlab.tasks import Task, build_task
 
 log = logging.getLogger(__name__)
 
 
 def validate(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
-    """Check the whole config and what a run needs from the machine (local data, writable output dirs, a readable
-    checkpoint) before any data or weights load; return the built parts."""
+    """Check the whole config and what a run needs from the machine (local data, a GPU when the trainer asks for
+    one, writable output dirs, a readable checkpoint) before any data or weights load; return the built parts."""
     spec, method, task = validate_config(cfg)
     _check_local_data(task)
+    _check_accelerator(cfg.trainer)
     for key in ("results_dir", "output_dir"):
         where = OmegaConf.select(cfg, f"paths.{key}", throw_on_resolution_failure=False)  # None outside Hydra
         if where:
-            _check_writable(f"paths.{key}", Path(where))
+            check_writable(f"paths.{key}", Path(where))
     ckpt = cfg.get("ckpt_path")
     if ckpt and ckpt != "last" and Path(ckpt).is_file():
         _check_checkpoint(Path(ckpt))
@@ -47,15 +53,18 @@ def validate(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
 
 
 def validate_config(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
-    """The config alone (names, ranges, targets): what the budget calculator needs, without data or outputs."""
-    spec = build_dataclass(ModelSpec, cfg.model, f"model '{cfg.model.get('name')}'")
+    """The config alone: every key known and every value of its type and range (the dataclasses of
+    ``peftlab.run_config``, the model, method and task), the model able to serve the task, the method's targets,
+    the trainer's options. What the budget calculator needs, without data or outputs."""
+    build_dataclass(RunConfig, top_level(cfg), "config", "")
+    build_dataclass(OptimConfig, cfg.optim, "optim", "optim")
+    spec = build_dataclass(ModelSpec, cfg.model, f"model '{cfg.model.get('name')}'", "model")
     method = build_method(cfg.method)
     task = build_task(cfg.task)
+    _check_pairing(spec, task)
     if method.config.targets:
-        spec.target_regex(method.config.targets)  # unknown logical targets fail here
-    o = cfg.optim
-    require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
-    require(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}")
+        _check_targets(spec, list(method.config.targets))
+    _check_trainer(cfg)
     _validate_processes(cfg, method)
     return spec, method, task
 
@@ -66,6 +75,64 @@ def _validate_processes(cfg: DictConfig, method: Method) -> None:
     require(not trainer.get("use_distributed_sampler", False), "trainer.use_distributed_sampler must stay false: "
             "peftlab's samplers shard the data per process themselves (docs/multi_gpu.md)")
     distributed.check_strategy(trainer.get("strategy", "auto"), method.name, method.changes_trainable_set)
+
+
+def _check_pairing(spec: ModelSpec, task: Task) -> None:
+    """The backbone must serve the task's head (an encoder for classification/QA, a causal LM for generation, a
+    timm ViT for images): otherwise the run would fail deep inside loading or the first batch."""
+    if spec.serves(task.head):
+        return
+    needed = next(kind for kind, (heads, _) in KINDS.items() if task.head in heads)
+    choices = ", ".join(models_of_kind(needed))
+    raise ConfigError(f"model '{spec.name}' is {KINDS[spec.kind][1]} and cannot serve task '{task.name}' "
+                      f"(head {task.head}), which needs {KINDS[needed][1]}; models that serve it: {choices} "
+                      "(model=<name>)")
+
+
+def _check_targets(spec: ModelSpec, targets: list[str]) -> None:
+    """Unknown logical targets fail here; targets that resolve to a fused Linear (ViT's qkv) are said once."""
+    resolved = spec.resolve_targets(targets)
+    fused = [t for t in resolved if t in spec.fused and t not in targets]
+    if fused:
+        how = "; ".join(f"{', '.join(spec.fused[t])} in one Linear ({t})" for t in fused)
+        print(f"[peftlab] model '{spec.name}' computes {how}: method.targets {targets} adapt {resolved}")
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    """Options the trainer class does not take (``+trainer.max_epoch=1``), found from its own signature, and a
+    run that would train nothing: both would otherwise surface only after the model loaded, or not at all."""
+    node = cfg.trainer
+    target = str(node.get("_target_"))
+    try:
+        params = inspect.signature(hydra.utils.get_class(target)).parameters
+    except (ImportError, ValueError) as err:  # what Hydra raises for a _target_ that is not an importable class
+        raise ConfigError(" ".join(f"trainer._target_={target} is not a class ({err})".split())) from err
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        check_known("trainer", [str(k) for k in node if not str(k).startswith("_")], list(params),
+                    f"the arguments of {target}")
+    fixes = {"max_epochs": "set task.epochs=N (trainer.max_epochs follows it)",
+             "max_steps": "set it > 0 (-1: no limit)",
+             "limit_train_batches": "set it > 0 (a count, or a fraction of the epoch)"}
+    for key, fix in fixes.items():
+        value = OmegaConf.select(node, key, throw_on_resolution_failure=False)
+        require(value != 0 or not cfg.get("train", True),
+                f"trainer.{key}=0 trains nothing: {fix}, or train=false to only evaluate")
+
+
+def _check_accelerator(trainer: DictConfig) -> None:
+    """A GPU trainer (``trainer=gpu``) needs the GPUs it asks for; Lightning would say so only after loading."""
+    accelerator = trainer.get("accelerator")
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    visible = torch.cuda.device_count()
+    require(visible > 0, f"trainer.accelerator={accelerator} needs a CUDA GPU and this machine shows none: "
+            "use trainer=cpu")
+    devices = trainer.get("devices")
+    require(not isinstance(devices, int) or devices <= visible,
+            f"trainer.devices={devices} but {visible} GPU(s) are visible: set trainer.devices={visible} "
+            "(-1 = all)")
 
 
 def _check_local_data(task: Task) -> None:
@@ -82,24 +149,16 @@ def _check_local_data(task: Task) -> None:
                                    "and point task.train_file to it")
 
 
-def _check_writable(key: str, directory: Path) -> None:
-    """Fail now, not after training, when a run could not write its outputs or record (nothing is created)."""
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    problem = "not a directory" if not existing.is_dir() else "read-only"
-    require(existing.is_dir() and os.access(existing, os.W_OK | os.X_OK),
-            f"{key}={directory} is not writable ({existing} is {problem})")
-
-
 def _check_checkpoint(path: Path) -> None:
-    """A Lightning checkpoint is a torch zip archive; a truncated or foreign file fails here, before training."""
+    """A Lightning checkpoint is a torch zip archive; a truncated or foreign file, or one carrying a pickled
+    Python object (see :func:`peftlab.checkpoint.load_checkpoint`), fails here, before training."""
     try:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError) as err:
         raise ConfigError(f"ckpt_path={path} is not a readable checkpoint ({err})") from err
     require(bad is None, f"ckpt_path={path} is corrupted (bad CRC in '{bad}')")
+    load_checkpoint(path, mmap=True)  # mapped, not read: only what the file's pickle holds is checked
 
 
 def build_model(cfg: DictConfig) -> tuple[nn.Module, Method, Task, ModelSpec, Any]:
@@ -118,10 +177,11 @@ def build(cfg: DictConfig) -> tuple[PeftModule, TaskDataModule, ModelSpec]:
     """Validated parts → a ready LightningModule and DataModule (seeds first)."""
     model, method, task, spec, preprocessor = build_model(cfg)
     trainable, total = count_parameters(model)
-    print(f"[peftlab] method={method.name} model={spec.name} task={task.name}: "
-          f"trainable {trainable:,} / {total:,} params ({100 * trainable / total:.4f}%)")
+    log.info(f"[peftlab] method={method.name} model={spec.name} task={task.name}: "
+             f"trainable {trainable:,} / {total:,} params ({100 * trainable / total:.4f}%)")
     task.setup(preprocessor, cfg.seed)
-    module = PeftModule(model, method, task, to_dict(cfg.optim), run_config=resume_fingerprint(cfg))
+    module = PeftModule(model, method, task, to_dict(cfg.optim), run_config=resume_fingerprint(cfg),
+                        select=OmegaConf.select(cfg, "report.select"))
     return module, TaskDataModule(task, cfg.get("num_workers", 0), cfg.seed), spec
 
 
@@ -144,14 +204,14 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     last = Path(dirpath) / "last.ckpt" if dirpath else None
     if cfg.get("auto_resume", True) and last is not None and last.is_file():
         _check_checkpoint(last)
-        print(f"[peftlab] resuming from {last} (auto_resume; auto_resume=false starts over)")
+        log.info(f"[peftlab] resuming from {last} (auto_resume; auto_resume=false starts over)")
         return str(last)
     return None
 
 
-def _instantiate_all(group: DictConfig | None) -> list[Any]:
+def _instantiate_all(cfg: DictConfig, group: str) -> list[Any]:
     """Instantiate every entry of a config group such as ``logger`` or ``callbacks`` (may be empty)."""
-    return [hydra.utils.instantiate(c) for c in (group or {}).values()]
+    return [instantiate(c, f"{group}.{name}") for name, c in (cfg.get(group) or {}).items()]
 
 
 def _record_path(cfg: DictConfig, out_dir: Path, model_name: str, module: PeftModule, resuming: bool) -> Path:
@@ -159,23 +219,63 @@ def _record_path(cfg: DictConfig, out_dir: Path, model_name: str, module: PeftMo
     resumed run completes its own record instead of leaving a 'running' one behind."""
     pointer = out_dir / "record_path"
     if resuming and pointer.is_file():
-        return Path(pointer.read_text().strip())
+        return results.from_repo(pointer.read_text().strip())
     path = results.record_path(cfg.paths.results_dir, module.task.name, module.method.name, model_name, cfg.seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    pointer.write_text(str(path))
+    pointer.write_text(results.repo_relative(path))
     return path
+
+
+def _write_record(path: Path | None, record: dict[str, Any]) -> None:
+    """Write the run record, every path in it relative to the repository root (see results.repo_relative); no
+    path: this process is not global rank 0, which alone writes (docs/multi_gpu.md)."""
+    if path is not None:
+        results.write_json_atomic(path, results.repo_relative_paths(record))
+
+
+def _was_interrupted(err: BaseException) -> bool:
+    """Ctrl-C or SIGTERM. Lightning catches the KeyboardInterrupt of Ctrl-C and calls ``sys.exit(1)`` inside its
+    handler, so the SystemExit that arrives here carries the KeyboardInterrupt as its context."""
+    return isinstance(err, (KeyboardInterrupt, SIGTERMException)) or isinstance(err.__context__, KeyboardInterrupt)
+
+
+def resume_command(out_dir: Path) -> str:
+    """The command that continues this run from its ``last.ckpt``: the same overrides + ``hydra.run.dir``
+    (relative to the working directory when inside it, so it can be pasted where the run was started)."""
+    where = out_dir.absolute()
+    if where.is_relative_to(Path.cwd()):
+        where = where.relative_to(Path.cwd())
+    return f"{results.command()} {shlex.quote(f'hydra.run.dir={where}')}"
+
+
+def _record_stopped(path: Path | None, record: dict[str, Any], err: BaseException, out_dir: Path) -> None:
+    """Write the record of a run that did not finish: ``interrupted`` (then, after printing the command that
+    resumes it, exit with the shell's status for the signal: 130 Ctrl-C, 143 SIGTERM) or ``failed`` with the error
+    (the caller re-raises)."""
+    if not _was_interrupted(err):
+        record.update(status="failed", error=f"{type(err).__name__}: {err}", finished=results.now())
+        _write_record(path, record)
+        return
+    command = resume_command(out_dir)
+    record.update(status="interrupted", finished=results.now(), resume_command=command)
+    _write_record(path, record)
+    if path is not None:
+        log.warning(f"[peftlab] interrupted; record: {results.repo_relative(path)}; resume with:\n  {command}")
+    raise SystemExit(143 if isinstance(err, SIGTERMException) else 130) from None
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate one configuration; write its record; return its metrics."""
     start = time.time()
+    quiet_known_warnings()
+    route_library_logs()
     module, datamodule, spec = build(cfg)
     trainable_at_start, total = count_parameters(module.model)
     out_dir = Path(cfg.paths.output_dir)
-    loggers = _instantiate_all(cfg.get("logger"))
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
-                                                  strategy=distributed.build_strategy(cfg.trainer.get("strategy")))
+    loggers = _instantiate_all(cfg, "logger")
+    callbacks = _instantiate_all(cfg, "callbacks")
+    trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks,
+                                      strategy=distributed.build_strategy(cfg.trainer.get("strategy")))
     distributed.check_launch(trainer)
     # several processes: global rank 0 alone writes the record and its pointer (docs/multi_gpu.md)
     rank, processes = distributed.launch_position(trainer)
@@ -198,20 +298,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "versions": results.versions(),
         "command": results.command(),
         "output_dir": str(out_dir),
-        "resumed_from": ckpt_path,
+        "resumed_from": ckpt_path,  # a path, or "last"
         "processes": processes,
     }
+    _write_record(path, record)  # "running": a run killed outright (SIGKILL, lost node) leaves this behind
     try:
         if cfg.get("train", True):
-            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if not k.startswith("train/")}
         if cfg.get("test", True):
             for row in trainer.test(module, datamodule=datamodule, verbose=False):
                 metrics.update({k: float(v) for k, v in row.items()})
     except BaseException as err:
-        record.update(status="failed", error=f"{type(err).__name__}: {err}", finished=results.now())
-        if path is not None:
-            results.write_json_atomic(path, record)
+        _record_stopped(path, record, err, out_dir)
         raise
     # FSDP leaves each process its shard of the parameters; under FSDP the trainable set never changes (check_strategy)
     trainable = trainable_at_start if isinstance(trainer.strategy, FSDPStrategy) else count_parameters(module.model)[0]
@@ -231,8 +330,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         global_steps=trainer.global_step,
         memory=results.peak_memory(),
     )
+    _write_record(path, record)
     if path is not None:
-        results.write_json_atomic(path, record)
         main = f"test/{module.task.main_metric}"
-        print(f"[peftlab] {main} = {metrics.get(main, float('nan')):.2f}; record: {path}")
+        log.info(f"[peftlab] {main} = {metrics.get(main, float('nan')):.2f}; record: {results.repo_relative(path)}")
     return metrics

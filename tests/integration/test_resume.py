@@ -4,12 +4,15 @@ trainable tensors, buffers (CapaBoost masks) and optimizer-visible state. The ki
 injected through the config (``+callbacks.kill``), so the kill point is exact and the test is not timing-bound.
 
 Every case: 64 training examples, batch 16 → 4 steps per epoch, 3 epochs = 12 steps, ``last.ckpt`` every 3
-steps (so the last one is step 12 in both runs and can be compared), dropout on (tiny BERT: 0.1).
+steps (and at the end of training), dropout on (tiny BERT: 0.1). Also: Ctrl-C leaves an ``interrupted`` record
+and prints the command that resumes the run.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,6 +24,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import open_dict
 
+from peftlab.checkpoint import load_checkpoint
 from peftlab.train import run
 from tests.conftest import ROOT, TINY, compose_config
 
@@ -44,12 +48,29 @@ class KillAtStep(pl.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+class InterruptAtStep(pl.Callback):
+    """Ctrl-C: sends SIGINT to its own process when the batch after optimizer step ``step`` starts, unless the
+    run was resumed from a checkpoint (so the resumed run goes through)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.global_step == self.step and trainer.ckpt_path is None:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def _train_py(args: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same kernels as this process
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=env)
+
+
 def _killed_run(overrides: list[str], run_dir: Path, results_dir: Path, kill_at: int) -> None:
     args = [*overrides, f"hydra.run.dir={run_dir}", f"paths.results_dir={results_dir}",
             f"+callbacks.kill._target_={__name__}.KillAtStep", f"+callbacks.kill.step={kill_at}"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same kernels as this process
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env=env)
+    proc = _train_py(args)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     assert (run_dir / "checkpoints" / "last.ckpt").is_file(), "the killed run left no checkpoint"
 
@@ -63,7 +84,7 @@ def _in_process(overrides: list[str], out_dir: Path, results_dir: Path) -> dict[
 
 
 def _final_state(out_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    ckpt = torch.load(out_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(out_dir / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == STEPS
     return ckpt["state_dict"], ckpt
 
@@ -75,7 +96,7 @@ def _assert_resume_equals_uninterrupted(tmp_path: Path, overrides: list[str], ki
 
     run_dir = tmp_path / "killed"
     _killed_run(overrides, run_dir, tmp_path / "runs", kill_at)
-    killed_step = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    killed_step = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"]
     assert 0 < killed_step < STEPS
     resumed = _in_process([*overrides, *(["ckpt_path=last"] if resume_with == "last" else [])], run_dir,
                           tmp_path / "runs")
@@ -88,8 +109,7 @@ def _assert_resume_equals_uninterrupted(tmp_path: Path, overrides: list[str], ki
         assert torch.equal(a[name], b[name]), f"{name} differs after resume (killed at step {kill_at})"
     assert ckpt_whole["peftlab"]["method_state"] == ckpt_resumed["peftlab"]["method_state"]
 
-    import json  # the killed run's record is completed by the resumed run, not left 'running'
-    (record_file,) = (tmp_path / "runs").rglob("*.json")
+    (record_file,) = (tmp_path / "runs").rglob("*.json")  # the killed run's, completed by the resumed run
     record = json.loads(record_file.read_text())
     assert record["status"] == "complete" and record["resumed_from"] and record["global_steps"] == STEPS
     return ckpt_resumed
@@ -181,3 +201,24 @@ def test_corrupted_checkpoint_in_the_run_dir_fails_before_training(tmp_path: Pat
     (tmp_path / "out" / "checkpoints" / "last.ckpt").write_bytes(b"truncated by a kill")
     with pytest.raises(ConfigError, match="last.ckpt is not a readable checkpoint"):
         _in_process([*COMMON, "method=lora"], tmp_path / "out", tmp_path / "runs")
+
+
+def test_ctrl_c_records_interrupted_and_prints_the_command_that_resumes(tmp_path: Path) -> None:
+    """SIGINT at step 7: exit status 130, record ``interrupted`` (not ``failed``), and the printed command
+    (same overrides + ``hydra.run.dir``) continues the run from its step-6 checkpoint to a complete record."""
+    overrides = [*COMMON, "method=lora", f"paths.results_dir={tmp_path / 'runs'}",
+                 f"+callbacks.stop._target_={__name__}.InterruptAtStep", "+callbacks.stop.step=7"]
+    run_dir = tmp_path / "run"
+    proc = _train_py([*overrides, f"hydra.run.dir={run_dir}"])
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    (record_file,) = (tmp_path / "runs").rglob("*.json")
+    record = json.loads(record_file.read_text())
+    command = f"{shlex.join(['python', 'train.py', *overrides])} {shlex.quote(f'hydra.run.dir={run_dir}')}"
+    assert record["status"] == "interrupted" and "error" not in record and record["resume_command"] == command
+    assert f"resume with:\n  {command}\n" in proc.stdout, proc.stdout[-3000:]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 6
+
+    resumed = _train_py(shlex.split(command)[2:])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    record = json.loads(record_file.read_text())
+    assert record["status"] == "complete" and record["global_steps"] == STEPS and record["resumed_from"]

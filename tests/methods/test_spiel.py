@@ -186,6 +186,7 @@ def test_lightning_run_reselects_and_resume_state_round_trips(cfg_factory, tmp_p
     assert json.loads(record.read_text())["status"] == "complete"
     method = spiel()
     method.step, method.candidates = 7, {"x": [torch.arange(3), torch.ones(3), torch.ones(3), torch.ones(())]}
+    json.dumps(method.method_state())  # plain JSON: run records and export.json hold it (tensors go to resume_state)
     fresh = spiel()
     fresh.load_method_state(nn.Module(), copy.deepcopy(method.method_state()))
     fresh.load_resume_state(nn.Module(), copy.deepcopy(method.resume_state()))

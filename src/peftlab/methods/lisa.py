@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from peftlab import distributed
-from peftlab.config_utils import require
+from peftlab.config_utils import PositiveFloat, PositiveInt, require
 from peftlab.methods import METHODS
 from peftlab.methods.base import Method, MethodConfig, count_parameters, head_module_names
 from peftlab.models import ModelSpec
@@ -38,19 +38,11 @@ from peftlab.models import ModelSpec
 
 @dataclass
 class LisaConfig(MethodConfig):
-    lr: float = 2e-5  # LMFlow run_finetune_with_lisa.sh (paper: ~1e-5 to 2e-5)
-    activated_layers: int = 2  # γ: blocks trained at a time (LMFlow default 2; paper ablates 2/4/8)
-    interval_steps: int = 20  # K: optimizer steps between draws (LMFlow default 20)
+    lr: PositiveFloat = 2e-5  # LMFlow run_finetune_with_lisa.sh (paper: ~1e-5 to 2e-5)
+    activated_layers: PositiveInt = 2  # γ: blocks trained at a time (LMFlow default 2; paper ablates 2/4/8)
+    interval_steps: PositiveInt = 20  # K: optimizer steps between draws (LMFlow default 20)
     sample_seed: int = 0  # seeds the draws; conf/method/lisa.yaml sets it to the run seed
     layers: str | None = None  # module path of the block list; None: the model's largest nn.ModuleList
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(isinstance(self.activated_layers, int) and self.activated_layers >= 1,
-                f"method.activated_layers must be an integer >= 1, got {self.activated_layers!r}")
-        require(isinstance(self.interval_steps, int) and self.interval_steps >= 1,
-                f"method.interval_steps must be an integer >= 1, got {self.interval_steps!r}")
-        require(isinstance(self.sample_seed, int), f"method.sample_seed must be an integer, got {self.sample_seed!r}")
 
 
 def transformer_blocks(model: nn.Module, path: str | None) -> tuple[str, nn.ModuleList]:
@@ -119,17 +111,32 @@ class Lisa(Method):
     def merge(self, model: nn.Module) -> nn.Module:
         return model  # the model's own weights were trained: nothing to fold
 
+    def trained_layers(self) -> list[int]:
+        """The blocks drawn in any period so far (draws are a function of (seed, period): nothing to store).
+        Includes the current period's draw, which may not have trained yet when the run ends on a multiple of K."""
+        return sorted({i for period in range(self.period + 1) for i in self.draw(period)})
+
+    def changed_names(self, model: nn.Module) -> set[str]:
+        """What LISA changed: every trainable weight outside the blocks (embeddings, norms, head) and every weight
+        of the blocks it ever trained; the other blocks are the base model's."""
+        prefix = f"{self.path}."
+        trained = tuple(f"{prefix}{i}." for i in self.trained_layers())
+        return {n for n, p in model.named_parameters()
+                if n.startswith(trained) or (p.requires_grad and not n.startswith(prefix))}
+
     def checkpoint_names(self, model: nn.Module) -> set[str]:
-        """Every block may have trained in an earlier period, so checkpoints keep every weight."""
-        return {n for n, _ in model.named_parameters()}
+        """Blocks trained in earlier periods are frozen now but changed: checkpoints keep them."""
+        return self.changed_names(model)
 
     def adapter_state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """A full-parameter method: the 'adapter' is the whole model."""
-        return {n: p.detach().clone() for n, p in model.named_parameters()}
+        """A full-parameter method: the export holds what it changed (:meth:`changed_names`), which always
+        includes the embeddings (LISA trains them throughout), so it is much larger than a low-rank adapter."""
+        names = self.changed_names(model)
+        return {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
 
     def method_state(self) -> dict[str, Any]:
         return {"layers": self.path, "num_layers": self.num_layers, "period": self.period,
-                "active_layers": list(self.active)}
+                "active_layers": list(self.active), "trained_layers": self.trained_layers()}
 
     def load_method_state(self, model: nn.Module, state: dict[str, Any]) -> nn.Module:
         if "active_layers" in state:

@@ -24,6 +24,7 @@ the module re-wraps DDP around the blocks after the switch.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from typing import Any
@@ -41,6 +42,8 @@ from peftlab.methods.smt.config import SmtConfig
 from peftlab.methods.smt.layer import BlockSparseLinear
 from peftlab.methods.smt.selection import block_scores, budget_blocks, select_blocks
 from peftlab.models import ModelSpec
+
+log = logging.getLogger(__name__)
 
 
 def two_d_numel(model: nn.Module) -> int:
@@ -206,9 +209,9 @@ class SparseMatrixTuning(Method):
         self.switched_at = step
         self._convert(model, selection)
         counts = self.counts()
-        print(f"[peftlab] SMT: {sum(len(v) for v in selection.values())} blocks of {c.block_size}² selected after "
-              f"{step} warm-up steps ({c.warmup_mode}); per type {counts['per_type']}; per layer "
-              f"{counts['per_layer']}")
+        log.info(f"[peftlab] SMT: {sum(len(v) for v in selection.values())} blocks of {c.block_size}² selected after "
+                 f"{step} warm-up steps ({c.warmup_mode}); per type {counts['per_type']}; per layer "
+                 f"{counts['per_layer']}")
         return model
 
     def _convert(self, model: nn.Module, selection: dict[str, list[int]]) -> None:

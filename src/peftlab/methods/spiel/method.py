@@ -22,8 +22,8 @@ The trainable tensors never change identity (k is fixed per matrix), so ``on_tra
 False and the optimizer and schedule keep running; the moments of the moved slots are rewritten in place by
 a one-shot ``torch.optim`` global step pre-hook at the next optimizer step (the method's hooks are never
 handed the optimizer). Merge: W₀ + ΔW. Save: indices + values. Resume: indices are buffers (in every
-checkpoint), the step counter is :meth:`Spiel.method_state` and the in-flight candidate sums (tensors, checkpoints
-only) are :meth:`Spiel.resume_state`.
+checkpoint), the step counter is :meth:`Spiel.method_state` (plain JSON: run records and exports keep it), the
+in-flight candidate sums (tensors) :meth:`Spiel.resume_state` (checkpoints only).
 
 Departures: the official SftAdamW keeps a per-entry "age" and counter-corrects with it; torch's AdamW has one
 step count per tensor, so we counter-correct with that count t (the seeded moments are then unbiased at once);
@@ -224,7 +224,6 @@ class Spiel(Method):
         return state
 
     def method_state(self) -> dict[str, Any]:
-        """JSON-ready (run records, exports): the optimizer steps done."""
         return {"step": self.step}
 
     def load_method_state(self, model: nn.Module, state: dict[str, Any]) -> nn.Module:
@@ -233,7 +232,7 @@ class Spiel(Method):
         return model
 
     def resume_state(self) -> dict[str, Any]:
-        """The candidate sums of a collection window in flight (tensors: checkpoints only)."""
+        """The candidates and gradient sums of a collection window in flight."""
         return {"candidates": {n: [t.clone() for t in c] for n, c in self.candidates.items()}}
 
     def load_resume_state(self, model: nn.Module, state: dict[str, Any]) -> None:

@@ -27,6 +27,7 @@ unwrapped), every process checks that all allocated the same, and the module wra
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -45,6 +46,8 @@ from peftlab.methods.spt.layers import LowRankDelta, SparseDelta
 from peftlab.models import ModelSpec
 
 EMBEDDING_WORDS = ("embed", "cls_token", "pos_embed")  # never candidates (official: frozen or fully tuned)
+
+log = logging.getLogger(__name__)
 
 
 @METHODS.register("spt_lora")
@@ -128,8 +131,8 @@ class SptLora(Method):
         self.sums = {}
         self._convert(model, decisions)
         modes = {m: sum(1 for v in self.plan.values() if v["mode"] == m) for m in ("lora", "sparse", "full")}
-        print(f"[peftlab] SPT: tau={self.tau:,} → {self.tuned_count():,} tuned params (target "
-              f"{self.config.budget:,}); tensors per mode {modes}")
+        log.info(f"[peftlab] SPT: tau={self.tau:,} → {self.tuned_count():,} tuned params (target "
+                 f"{self.config.budget:,}); tensors per mode {modes}")
         return model
 
     def _convert(self, model: nn.Module, decisions: dict[str, Decision]) -> None:
