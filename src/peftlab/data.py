@@ -10,10 +10,20 @@ Lightning has read the loop state, so Lightning never hands that state to the lo
 exposes the same state (it is "resumable" to Lightning, which then does not warn). Every loader has its own
 generator, so creating an iterator never draws from the global torch RNG (dropout's stream stays the
 uninterrupted one).
+
+Several processes (docs/multi_gpu.md): Lightning's distributed samplers are off (``use_distributed_sampler:
+false`` in ``conf/trainer/cpu.yaml``) and the samplers here shard themselves by the trainer's rank and world size.
+Training: global batch ``i`` is positions ``[i·W·B, (i+1)·W·B)`` of the epoch's permutation and process ``r``
+takes its ``r``-th block of ``B``, so the processes' ``i``-th batches together are exactly batch ``i`` of one
+process with batch ``W·B``, and process ``r``'s batch is micro-batch ``r`` of one process with batch ``B`` and
+``accumulate_grad_batches=W``. Evaluation (:class:`EvalShardSampler`): whole batches
+of the one-process loop are dealt out round-robin and every process runs the same number of them (padding
+repeats); :func:`peftlab.distributed.gather_batches` reassembles the outputs in one-process order.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,11 +38,17 @@ from peftlab.tasks.base import Task
 class EpochShuffleSampler(Sampler[int]):
     """A permutation of ``range(size)`` that depends on ``(seed, epoch)`` only; Lightning calls
     :meth:`set_epoch` before every epoch. After :meth:`resume_at` the next pass of that epoch starts
-    ``skip`` indices in (the examples a killed run had already trained on)."""
+    ``skip`` indices in (the examples a killed run had already trained on).
 
-    def __init__(self, size: int, seed: int) -> None:
+    With ``world > 1`` this process yields its block of ``batch_size`` positions of every global batch of
+    ``world · batch_size`` (:meth:`shard`); ``skip`` counts this process's indices."""
+
+    def __init__(self, size: int, seed: int, rank: int = 0, world: int = 1, batch_size: int = 1) -> None:
         self.size = size
         self.seed = seed
+        self.rank = rank
+        self.world = world
+        self.batch_size = batch_size
         self.epoch = 0
         self._resume: tuple[int, int] | None = None  # (epoch, indices to skip once)
 
@@ -54,10 +70,46 @@ class EpochShuffleSampler(Sampler[int]):
             resume_epoch, resume_skip = self._resume
             skip = resume_skip if resume_epoch == self.epoch else 0
             self._resume = None
-        yield from self.order(self.epoch)[skip:]
+        order = self.order(self.epoch)
+        yield from (self.shard(order) if self.world > 1 else order)[skip:]
+
+    def shard(self, order: list[int]) -> list[int]:
+        """This process's positions: block ``rank`` of ``batch_size`` of every global batch. The last global
+        batch, when partial, is padded with the epoch's first positions until ``world`` divides it (as torch's
+        ``DistributedSampler`` pads) and split in ``world`` equal blocks."""
+        step = self.world * self.batch_size
+        mine: list[int] = []
+        for start in range(0, self.size, step):
+            chunk = order[start : start + step]
+            per = math.ceil(len(chunk) / self.world)
+            chunk += (order * self.world)[: per * self.world - len(chunk)]
+            mine += chunk[self.rank * per : (self.rank + 1) * per]
+        return mine
+
+    def __len__(self) -> int:  # the full epoch: Lightning counts skipped batches as done
+        full, rest = divmod(self.size, self.world * self.batch_size)
+        return full * self.batch_size + math.ceil(rest / self.world)
+
+
+class EvalShardSampler(Sampler[list[int]]):
+    """Batch sampler over ``range(size)`` in order: the batches of size ``batch_size`` one process would run;
+    process ``rank`` of ``world`` runs batches ``rank, rank + world, ...``, all processes the same number
+    (``ceil(num_batches / world)``; the missing ones repeat the first batches and are dropped when gathered)."""
+
+    def __init__(self, size: int, batch_size: int, rank: int = 0, world: int = 1) -> None:
+        self.size = size
+        self.batch_size = batch_size
+        self.rank = rank
+        self.world = world
+        self.num_batches = math.ceil(size / batch_size)  # of the whole set, i.e. of one process
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for j in range(self.rank, len(self) * self.world, self.world):
+            start = (j % self.num_batches) * self.batch_size
+            yield list(range(start, min(start + self.batch_size, self.size)))
 
     def __len__(self) -> int:
-        return self.size  # the full epoch: Lightning counts the skipped batches as done already
+        return math.ceil(self.num_batches / self.world)
 
 
 class ResumableLoader(DataLoader):
@@ -72,7 +124,7 @@ class ResumableLoader(DataLoader):
 
     def state_dict(self) -> dict[str, int]:
         sampler = self.sampler
-        if not isinstance(sampler, EpochShuffleSampler):  # e.g. wrapped by a distributed strategy: epoch-level only
+        if not isinstance(sampler, EpochShuffleSampler):  # never: Lightning's distributed samplers are off
             return {}
         return {"epoch": sampler.epoch, "batches_done": self._batches_done(), "batch_size": int(self.batch_size or 1),
                 "seed": sampler.seed}
@@ -111,15 +163,24 @@ class TaskDataModule(pl.LightningDataModule):
     def _batches_done(self) -> int:
         return int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed) if self.trainer else 0
 
+    def _shard(self) -> tuple[int, int]:
+        """(rank, world size) of this process: the trainer's, (0, 1) without a trainer."""
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+
     def train_dataloader(self) -> DataLoader:
         args = self._loader_args("train")
-        sampler = EpochShuffleSampler(len(args["dataset"]), self.seed)
+        sampler = EpochShuffleSampler(len(args["dataset"]), self.seed, *self._shard(), batch_size=args["batch_size"])
         self._train_loader = ResumableLoader(**args, sampler=sampler, batches_done=self._batches_done)
         self._train_loader.load_state_dict(self._resume)
         return self._train_loader
 
+    def _eval_loader(self, split: str) -> DataLoader:
+        args = self._loader_args(split)
+        batch_size = args.pop("batch_size")
+        return DataLoader(**args, batch_sampler=EvalShardSampler(len(args["dataset"]), batch_size, *self._shard()))
+
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(**self._loader_args("validation"), shuffle=False)
+        return self._eval_loader("validation")
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(**self._loader_args("test"), shuffle=False)
+        return self._eval_loader("test")

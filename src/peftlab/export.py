@@ -194,8 +194,10 @@ def evaluate(directory: str | os.PathLike[str]) -> tuple[dict[str, float], dict[
     model = method.load_adapter(model, directory / ADAPTER_DIR)
     task.setup(preprocessor, cfg.seed)
     module = PeftModule(model, method, task, to_dict(cfg.optim))
+    # one process, whatever the run used: a multi-process run scored the same batches (docs/multi_gpu.md)
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False,
-                                                  default_root_dir=str(directory))
+                                                  default_root_dir=str(directory), strategy="auto", devices=1,
+                                                  num_nodes=1)
     measured: dict[str, float] = {}
     for row in trainer.test(module, datamodule=TaskDataModule(task, cfg.get("num_workers", 0)), verbose=False):
         measured.update({k: float(v) for k, v in row.items()})

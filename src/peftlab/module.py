@@ -13,6 +13,12 @@ the python/numpy/torch RNG states (restored just before the first batch after a 
 the uninterrupted stream) and the run's config, which a resume must match. The method's per-step hook runs
 in a callback placed before Lightning's ModelCheckpoint, so a checkpoint taken at step ``s`` already holds
 what the method did at ``s`` (e.g. SMT's switch to blocks).
+
+Several processes (docs/multi_gpu.md): every process evaluates its share of whole batches and the outputs are
+gathered (:func:`peftlab.distributed.gather_batches`) before the task computes metrics, so every process logs
+the whole set's metrics and ``val/<main>_best`` is global; when the method changes its trainable tensors the DDP
+wrapper is rebuilt around the new ones (:func:`peftlab.distributed.follow_trainable_set`); a resume must use
+the world size the checkpoint was trained with (the data order depends on it).
 """
 
 from __future__ import annotations
@@ -20,18 +26,26 @@ from __future__ import annotations
 import math
 import random
 import statistics
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from lightning_fabric.utilities.seed import reset_seed
 from torch import nn
+from torch.distributed.fsdp._common_utils import clean_tensor_name
 
+from peftlab import distributed
 from peftlab.config_utils import require
 from peftlab.methods.base import Method
 from peftlab.precision import PrecisionRule
 from peftlab.tasks.base import Task
+
+# Evaluation metrics are computed from the outputs of every process (gather_batches), hence identical on every
+# process: Lightning's advice to average them across devices (sync_dist=True) does not apply.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|val_best|test)/")
 
 
 class PeftModule(pl.LightningModule):
@@ -71,12 +85,6 @@ class PeftModule(pl.LightningModule):
         """Trained tensors fp32, the others in their load dtype (:mod:`peftlab.precision`)."""
         self.precision_rule.apply(self.model, self.method.trained_parameters(self.model))
 
-    def setup(self, stage: str) -> None:
-        """Before Lightning restores a checkpoint or a strategy wraps the model (DDP buckets keep the dtype they
-        see at wrapping): the precision rule over the method's initial trained set."""
-        if stage == "fit":
-            self.apply_precision_rule()
-
     def on_fit_start(self) -> None:
         self.method.on_fit_start(self.model, int(self.trainer.estimated_stepping_batches))
 
@@ -96,7 +104,25 @@ class PeftModule(pl.LightningModule):
             self.schedule_start = self.global_step
             if self.method.restarts_schedule:
                 self.schedule_origin = self.global_step
+            self.apply_precision_rule()  # before DDP wraps the new set (its buckets keep the dtype they see)
+            distributed.follow_trainable_set(self.trainer.strategy)
             self.trainer.strategy.setup_optimizers(self.trainer)
+
+    def ddp_ignored_parameters(self) -> set[str]:
+        """Parameters DDP must not reduce: those the method probes for gradients without training them."""
+        return {f"model.{n}" for n in self.method.probed_parameters(self.model)}
+
+    def setup(self, stage: str) -> None:
+        """Before Lightning restores a checkpoint or a strategy wraps the model (DDP buckets keep the dtype they
+        see at wrapping): the precision rule over the method's initial trained set, and the run's seed."""
+        if self.trainer.world_size > 1:  # the data order depends on it: a resume must use the same
+            self.run_config = {**self.run_config, "world_size": self.trainer.world_size}
+        if stage == "fit":
+            self.apply_precision_rule()
+            # Lightning's DDP re-seeds every process when it starts (the run seed again); one process is re-seeded
+            # here too, so training draws the same random stream with one process or many (e.g. SPT's LoRA init
+            # at its switch; dropout masks still differ: each process draws them for its own rows)
+            reset_seed()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._rng_to_restore is not None:  # first batch after a resume: continue the saved random streams
@@ -146,6 +172,9 @@ class PeftModule(pl.LightningModule):
 
     def _log_metrics(self, split: str, prefix: str) -> None:
         outputs, self._outputs[split] = self._outputs[split], []
+        loaders = self.trainer.val_dataloaders if split == "validation" else self.trainer.test_dataloaders
+        outputs = distributed.gather_batches(outputs, getattr(getattr(loaders, "batch_sampler", None),
+                                                              "num_batches", None))
         if not outputs:
             return
         values = self.task.evaluate(outputs, split)
@@ -178,6 +207,7 @@ class PeftModule(pl.LightningModule):
         keep = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
         keep |= {f"model.{n}" for n, _ in self.model.named_buffers()}
         keep |= {f"model.{n}" for n in self.method.checkpoint_names(self.model)}
+        keep = {clean_tensor_name(k) for k in keep}  # FSDP units prefix their modules' names; its state dict does not
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["peftlab"] = {
             "method_state": self.method.method_state(),

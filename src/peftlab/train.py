@@ -16,10 +16,11 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.strategies import FSDPStrategy
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from peftlab import precision, results
+from peftlab import distributed, precision, results
 from peftlab.checkpoint import load_checkpoint
 from peftlab.config_utils import build_dataclass, check_known, check_writable, instantiate, require, to_dict
 from peftlab.data import TaskDataModule
@@ -65,7 +66,16 @@ def validate_config(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
     if method.config.targets:
         _check_targets(spec, list(method.config.targets))
     _check_trainer(cfg)
+    _validate_processes(cfg, method)
     return spec, method, task
+
+
+def _validate_processes(cfg: DictConfig, method: Method) -> None:
+    """Multi-process settings that cannot give the single-process answer (docs/multi_gpu.md)."""
+    trainer = cfg.get("trainer") or {}
+    require(not trainer.get("use_distributed_sampler", False), "trainer.use_distributed_sampler must stay false: "
+            "peftlab's samplers shard the data per process themselves (docs/multi_gpu.md)")
+    distributed.check_strategy(trainer.get("strategy", "auto"), method.name, method.changes_trainable_set)
 
 
 def _check_pairing(spec: ModelSpec, task: Task) -> None:
@@ -217,9 +227,11 @@ def _record_path(cfg: DictConfig, out_dir: Path, model_name: str, module: PeftMo
     return path
 
 
-def _write_record(path: Path, record: dict[str, Any]) -> None:
-    """Write the run record, every path in it relative to the repository root (see results.repo_relative)."""
-    results.write_json_atomic(path, results.repo_relative_paths(record))
+def _write_record(path: Path | None, record: dict[str, Any]) -> None:
+    """Write the run record, every path in it relative to the repository root (see results.repo_relative); no
+    path: this process is not global rank 0, which alone writes (docs/multi_gpu.md)."""
+    if path is not None:
+        results.write_json_atomic(path, results.repo_relative_paths(record))
 
 
 def _was_interrupted(err: BaseException) -> bool:
@@ -237,7 +249,7 @@ def resume_command(out_dir: Path) -> str:
     return f"{results.command()} {shlex.quote(f'hydra.run.dir={where}')}"
 
 
-def _record_stopped(path: Path, record: dict[str, Any], err: BaseException, out_dir: Path) -> None:
+def _record_stopped(path: Path | None, record: dict[str, Any], err: BaseException, out_dir: Path) -> None:
     """Write the record of a run that did not finish: ``interrupted`` (then, after printing the command that
     resumes it, exit with the shell's status for the signal: 130 Ctrl-C, 143 SIGTERM) or ``failed`` with the error
     (the caller re-raises)."""
@@ -248,7 +260,8 @@ def _record_stopped(path: Path, record: dict[str, Any], err: BaseException, out_
     command = resume_command(out_dir)
     record.update(status="interrupted", finished=results.now(), resume_command=command)
     _write_record(path, record)
-    log.warning(f"[peftlab] interrupted; record: {results.repo_relative(path)}; resume with:\n  {command}")
+    if path is not None:
+        log.warning(f"[peftlab] interrupted; record: {results.repo_relative(path)}; resume with:\n  {command}")
     raise SystemExit(143 if isinstance(err, SIGTERMException) else 130) from None
 
 
@@ -262,12 +275,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     loggers = _instantiate_all(cfg, "logger")
     callbacks = _instantiate_all(cfg, "callbacks")
-    trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
+    trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks,
+                                      strategy=distributed.build_strategy(cfg.trainer.get("strategy")))
+    distributed.check_launch(trainer)
+    # several processes: global rank 0 alone writes the record and its pointer (docs/multi_gpu.md)
+    rank, processes = distributed.launch_position(trainer)
+    leader = rank == 0
 
     # the method's phases must fit in the run (e.g. SMT's warm-up): checked now, before any record is written
     module.method.check_total_steps(planned_optimizer_steps(trainer, len(datamodule.train_dataloader())))
     ckpt_path = resume_checkpoint(cfg)
-    path = _record_path(cfg, out_dir, spec.name, module, resuming=ckpt_path is not None)
+    path = _record_path(cfg, out_dir, spec.name, module, resuming=ckpt_path is not None) if leader else None
     record: dict[str, Any] = {
         "record_version": results.RECORD_VERSION,
         "status": "running",
@@ -284,6 +302,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "command": results.command(),
         "output_dir": str(out_dir),
         "resumed_from": ckpt_path,  # a path, or "last"
+        "processes": processes,
     }
     _write_record(path, record)  # "running": a run killed outright (SIGKILL, lost node) leaves this behind
     try:
@@ -296,7 +315,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     except BaseException as err:
         _record_stopped(path, record, err, out_dir)
         raise
-    trainable, _ = count_parameters(module.model)
+    # FSDP leaves each process its shard of the parameters; under FSDP the trainable set never changes (check_strategy)
+    trainable = trainable_at_start if isinstance(trainer.strategy, FSDPStrategy) else count_parameters(module.model)[0]
     record.update(
         status="complete",
         finished=results.now(),
@@ -317,6 +337,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         memory=results.peak_memory(),
     )
     _write_record(path, record)
-    main = f"test/{module.task.main_metric}"
-    log.info(f"[peftlab] {main} = {metrics.get(main, float('nan')):.2f}; record: {results.repo_relative(path)}")
+    if path is not None:
+        main = f"test/{module.task.main_metric}"
+        log.info(f"[peftlab] {main} = {metrics.get(main, float('nan')):.2f}; record: {results.repo_relative(path)}")
     return metrics

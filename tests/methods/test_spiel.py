@@ -191,3 +191,4 @@ def test_lightning_run_reselects_and_resume_state_round_trips(cfg_factory, tmp_p
     fresh.load_method_state(nn.Module(), copy.deepcopy(method.method_state()))
     fresh.load_resume_state(nn.Module(), copy.deepcopy(method.resume_state()))
     assert fresh.step == 7 and torch.equal(fresh.candidates["x"][0], torch.arange(3))
+    assert json.loads(json.dumps(method.method_state())) == {"step": 7}  # JSON-ready: records and exports hold it

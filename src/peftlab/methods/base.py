@@ -44,6 +44,9 @@ class Method:
     # When on_train_batch_end reports a new trainable set, the optimizer is rebuilt. True: the lr schedule starts
     # again (SMT's block phase has its own lr and warm-up); False: the one schedule of the run continues (LISA).
     restarts_schedule: ClassVar[bool] = True
+    # True when on_train_batch_end may change which tensors train (SMT, LISA, SPT): DDP is re-wrapped around the
+    # new set; FSDP cannot follow such a change and is refused (docs/multi_gpu.md).
+    changes_trainable_set: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig) -> None:
         self.config = config
@@ -73,6 +76,12 @@ class Method:
         SPT's sensitivity pass) on ``batches`` and switch; methods without one return ``model`` unchanged."""
         return model
 
+    def probed_parameters(self, model: nn.Module) -> set[str]:
+        """Names of parameters that require grad only so that the method can read their gradient, never updated
+        (SMT's ``grad_only`` warm-up, SPT's sensitivity pass). Under DDP they are not averaged: the method's
+        hooks read the gradient of this process and free it; the method combines processes itself."""
+        return set()
+
     def current_lr(self) -> float:
         """Learning rate for an optimizer built now (a method may switch it, e.g. SMT after warm-up)."""
         return self.config.lr
@@ -88,14 +97,9 @@ class Method:
 
     def trained_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """The parameters the optimizer updates now (fp32 under the precision rule, :mod:`peftlab.precision`):
-        every parameter that requires grad, except :meth:`probed_parameters`."""
-        probed = {id(p) for p in self.probed_parameters()}
-        return [p for p in model.parameters() if p.requires_grad and id(p) not in probed]
-
-    def probed_parameters(self) -> list[nn.Parameter]:
-        """Parameters that require grad only so that a gradient phase can read their gradients, and that nothing
-        updates (SMT's ``grad_only`` warm-up, SPT's sensitivity pass): they stay in their load dtype."""
-        return []
+        every parameter that requires grad, except :meth:`probed_parameters` (they stay in their load dtype)."""
+        probed = self.probed_parameters(model)
+        return [p for n, p in model.named_parameters() if p.requires_grad and n not in probed]
 
     # --- deployment and persistence ---
     def merge(self, model: nn.Module) -> nn.Module:

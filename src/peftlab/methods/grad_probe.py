@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from peftlab import distributed
+
 
 def _identity(grad: torch.Tensor) -> torch.Tensor:
     return grad
@@ -25,7 +27,8 @@ def squared(grad: torch.Tensor) -> torch.Tensor:
 
 def sum_gradients(params: dict[str, torch.Tensor], sums: dict[str, torch.Tensor], *, free: bool,
                   transform: Callable[[torch.Tensor], torch.Tensor] = _identity,
-                  offload: Callable[[torch.device], bool] | None = None) -> list[RemovableHandle]:
+                  offload: Callable[[torch.device], bool] | None = None,
+                  reduce: bool = False) -> list[RemovableHandle]:
     """Add ``transform(grad)`` of each named parameter to ``sums[name]`` (fp32, created on first use) at every
     backward pass; returns the hook handles (``.remove()`` them when done).
 
@@ -37,10 +40,15 @@ def sum_gradients(params: dict[str, torch.Tensor], sums: dict[str, torch.Tensor]
     so the probed parameters need ``requires_grad`` but never hold a gradient and are never updated, and
     their gradient memory is freed layer by layer during backward. ``free=False``: the gradient is read as it
     flows and left for the optimizer (SMT's full fine-tuning warm-up).
+
+    Several processes: the hooks see this process's gradient. ``reduce=True`` averages each gradient over the
+    processes before ``transform`` (one all-reduce per tensor per backward, inside backward), so a non-linear
+    transform (SPT's grad²) sees the gradient of the global batch; with ``reduce=False`` the sums are local and
+    the caller averages them once (exact for the identity: SMT, at its switch).
     """
 
     def accumulate(name: str, grad: torch.Tensor) -> None:
-        value = transform(grad.detach())
+        value = transform(distributed.mean(grad.detach()) if reduce else grad.detach())
         where = torch.device("cpu") if offload is not None and offload(value.device) else value.device
         total = sums.get(name)
         if total is None:

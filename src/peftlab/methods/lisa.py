@@ -16,6 +16,9 @@ memory saving the paper claims. Departures:
 - the draw for period p comes from a generator seeded by (``sample_seed``, p) instead of numpy's global
   stream, so a resumed run continues the same sequence and the run seed fixes it;
 - blocks are the largest ``nn.ModuleList`` of the model (``layers`` names another), so any architecture works.
+
+Several processes (DDP): every process draws the same blocks (checked at each draw), and the module re-wraps DDP
+around the new trainable set, so the newly drawn blocks are averaged like the rest (docs/multi_gpu.md).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftlab import distributed
 from peftlab.config_utils import PositiveFloat, PositiveInt, require
 from peftlab.methods import METHODS
 from peftlab.methods.base import Method, MethodConfig, count_parameters, head_module_names
@@ -59,6 +63,7 @@ def transformer_blocks(model: nn.Module, path: str | None) -> tuple[str, nn.Modu
 class Lisa(Method):
     config_cls = LisaConfig
     restarts_schedule = False  # one lr schedule for the whole run, as LMFlow's single HF-Trainer schedule
+    changes_trainable_set = True
     config: LisaConfig
 
     def __init__(self, config: LisaConfig) -> None:
@@ -100,7 +105,8 @@ class Lisa(Method):
             return False
         period = step // self.config.interval_steps
         self._activate(model, period, self.draw(period))
-        return True  # new trainable set: the optimizer (and its Adam state) is rebuilt over it
+        distributed.assert_same("LISA's layer draw", self.active)  # a function of (seed, period): same everywhere
+        return True  # new trainable set: the optimizer (and its Adam state) is rebuilt over it; DDP re-wrapped
 
     def merge(self, model: nn.Module) -> nn.Module:
         return model  # the model's own weights were trained: nothing to fold

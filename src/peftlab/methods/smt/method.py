@@ -18,6 +18,13 @@ Phases, run inside Lightning's ``fit``:
 3. block training; ``merge`` writes the blocks back into plain ``nn.Linear``.
 
 A run whose warm-up is not shorter than the run fails before training (:meth:`check_total_steps`).
+
+Several processes (DDP, docs/multi_gpu.md): the hooks sum each process's own gradients; the switch averages the
+sums over the processes before scoring (Σ_steps of the local gradient, averaged = Σ_steps of the averaged
+gradient, the sum one process with the global batch computes), and every process then checks that all selected
+the same blocks (:func:`peftlab.distributed.assert_same`). Checkpoints taken during the warm-up hold the averaged
+sums. ``grad_only`` probes the weights without training them (:meth:`probed_parameters`: DDP leaves them alone);
+the module re-wraps DDP around the blocks after the switch.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from peftlab import distributed
 from peftlab.config_utils import require
 from peftlab.errors import ConfigError
 from peftlab.methods import METHODS
@@ -64,6 +72,7 @@ def layer_index(name: str) -> int | None:
 @METHODS.register("smt")
 class SparseMatrixTuning(Method):
     config_cls = SmtConfig
+    changes_trainable_set = True
     config: SmtConfig
 
     def __init__(self, config: SmtConfig) -> None:
@@ -79,7 +88,6 @@ class SparseMatrixTuning(Method):
         self.block_size = 0  # resolved from config.block_size (auto: the largest size dividing every matrix)
         self.grad_sums_memory: dict[str, int] = {}  # device type → bytes of the warm-up gradient sums
         self._hooks: list[Any] = []
-        self._probed: list[nn.Parameter] = []  # grad_only: weights whose gradients are read, never updated
 
     # ---------------- setup ----------------
     def eligible(self, model: nn.Module, spec: ModelSpec) -> dict[str, dict[str, nn.Linear]]:
@@ -166,9 +174,8 @@ class SparseMatrixTuning(Method):
     def _add_hooks(self) -> None:
         weights = {name: m.weight for pool in self.pools.values() for name, m in pool.items()}
         grad_only = self.config.warmup_mode != "full"
-        self._probed = [w for w in weights.values() if grad_only and not w.requires_grad]
-        for w in self._probed:
-            w.requires_grad_(True)
+        for w in weights.values():
+            w.requires_grad_(w.requires_grad or grad_only)
         # grad_only: nothing updates the backbone and each gradient is freed as soon as it is summed
         self._hooks = sum_gradients(weights, self.grad_sums, free=grad_only, offload=self.config.offloads)
 
@@ -176,10 +183,6 @@ class SparseMatrixTuning(Method):
         for h in self._hooks:
             h.remove()
         self._hooks = []
-        self._probed = []
-
-    def probed_parameters(self) -> list[nn.Parameter]:
-        return list(self._probed)
 
     def lr_warmup_steps(self) -> int | None:
         """The block phase: ``smt_lr_warmup_steps`` (official default 0: linear decay from ``smt_lr`` over the
@@ -208,6 +211,12 @@ class SparseMatrixTuning(Method):
     def current_lr(self) -> float:
         return self.config.smt_lr if self.phase == "blocks" else self.config.lr
 
+    def probed_parameters(self, model: nn.Module) -> set[str]:
+        """``grad_only`` warm-up: the eligible weights, read and freed by the hooks, never updated."""
+        if self.phase != "warmup" or self.config.warmup_mode == "full":
+            return set()
+        return {f"{name}.weight" for pool in self.pools.values() for name in pool}
+
     def warmup(self, model: nn.Module, batches: Any, loss_fn: Any = None) -> nn.Module:
         """Run the warm-up outside Lightning (tests, benchmarks): ``warmup_steps`` batches from ``batches``
         (each ``model(**batch).loss`` unless ``loss_fn(model, batch)``), AdamW at ``lr`` in full mode; then
@@ -234,10 +243,13 @@ class SparseMatrixTuning(Method):
         c = self.config
         missing = [n for pool in self.pools.values() for n in pool if n not in self.grad_sums]
         require(not missing, f"SMT warm-up summed no gradient for {missing[:3]}: are they used by the forward?")
+        for name in sorted(self.grad_sums):  # several processes: the sums of the averaged gradients
+            distributed.all_reduce_mean_(self.grad_sums[name])
         selection: dict[str, list[int]] = {}
         for pool, k in self.budgets.items():
             scores = {n: block_scores(self.grad_sums[n], self.block_size, c.score) for n in self.pools[pool]}
             selection.update(select_blocks(scores, k, c.selection, c.selection_seed))
+        distributed.assert_same("SMT's block selection", selection)
         self._remove_hooks()
         self.grad_sums_memory = self.grad_sum_bytes()
         self.grad_sums = {}
@@ -290,10 +302,13 @@ class SparseMatrixTuning(Method):
 
     def resume_state(self) -> dict[str, Any]:
         """During warm-up, the fp32 gradient sums so far, so a run resumed inside the warm-up selects the blocks
-        an uninterrupted run selects."""
+        an uninterrupted run selects. Several processes: the sums averaged over them (every process calls this
+        when a checkpoint is taken); every process resumes from them, and the switch's average of (that average
+        + each process's later sums) is the uninterrupted run's average."""
         if self.phase != "warmup":
             return {}
-        return {"grad_sums": {n: g.detach().clone() for n, g in self.grad_sums.items()}}
+        return {"grad_sums": {n: distributed.all_reduce_mean_(self.grad_sums[n].detach().clone())
+                              for n in sorted(self.grad_sums)}}
 
     def load_resume_state(self, model: nn.Module, state: dict[str, Any]) -> None:
         if self.phase == "warmup" and "grad_sums" in state:

@@ -29,6 +29,11 @@ Departures: the official SftAdamW keeps a per-entry "age" and counter-corrects w
 step count per tensor, so we counter-correct with that count t (the seeded moments are then unbiased at once);
 the dense-delta layer (see :mod:`.layer`) instead of the CUDA sparse kernel; SpIEL-MA (SM3 growth) is not
 implemented; on 4-bit bases (qSpIEL) — not supported here.
+
+Several processes (DDP, docs/multi_gpu.md): the collection hook averages each dense gradient over the processes
+before reading it (one weight-sized all-reduce per target matrix per backward of a collection window, inside
+backward), so the candidates and their sums are those of the global batch on every process; the values are
+averaged by DDP, so drop/grow decides identically everywhere, which :meth:`reselect` checks.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import torch
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+from peftlab import distributed
 from peftlab.config_utils import require
 from peftlab.methods import METHODS
 from peftlab.methods.base import Method, count_parameters, freeze, named_targets, unfreeze_head
@@ -134,7 +140,7 @@ class Spiel(Method):
     def _collector(self, name: str) -> Any:
         @torch.no_grad()
         def collect(grad: torch.Tensor) -> None:
-            g = grad.reshape(-1).float()
+            g = distributed.mean(grad.reshape(-1).float())  # the global batch's gradient on every process
             if name in self.candidates:
                 positions, sums, squares, samples = self.candidates[name]
                 new = g[positions]
@@ -183,6 +189,7 @@ class Spiel(Method):
             self.pending[id(values)] = (slots, grads / samples, grads_sq / samples)
             moved += int(slots.numel())
         self.candidates = {}
+        distributed.assert_same("SpIEL's drop/grow", {n: m.spiel_indices for n, m in self.layers.items()})
         if self.pending and self._handle is None:
             self._handle = register_optimizer_step_pre_hook(self._seed_moments)
         return moved

@@ -18,6 +18,11 @@ the cls token, which we do not tune); τ is searched on a geometric+linear grid,
 fused ``qkv`` is ranked and given LoRA as one 3C×C matrix (LoRA cost r·4C) where the official model has
 separate q/k/v Linears (3 × r·2C); only SPT-LoRA (no SPT-Adapter), LoRA without drop-path; the sparse
 delta backward is dense in W's size (see :mod:`.layers`).
+
+Several processes (DDP, docs/multi_gpu.md): each gradient is averaged over the processes before it is squared
+(grad² of the global batch, as one process computes it; one all-reduce per candidate per backward), the probed
+tensors stay out of DDP (:meth:`probed_parameters`; nothing else trains in this phase, so the module runs
+unwrapped), every process checks that all allocated the same, and the module wraps DDP around the new tensors.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from peftlab import distributed
 from peftlab.config_utils import require
 from peftlab.methods import METHODS
 from peftlab.methods.base import Method, freeze, head_module_names, unfreeze_head
@@ -47,6 +53,7 @@ log = logging.getLogger(__name__)
 @METHODS.register("spt_lora")
 class SptLora(Method):
     config_cls = SptConfig
+    changes_trainable_set = True
     config: SptConfig
 
     def __init__(self, config: SptConfig) -> None:
@@ -58,7 +65,6 @@ class SptLora(Method):
         self.plan: dict[str, dict[str, Any]] = {}  # param name → {"mode", "count"}
         self.tau: int | None = None
         self._hooks: list[Any] = []
-        self._probed: list[nn.Parameter] = []  # sensitivity phase: gradients read, never updated
 
     # ---------------- setup ----------------
     def candidates(self, model: nn.Module, spec: ModelSpec) -> list[Entry]:
@@ -83,12 +89,12 @@ class SptLora(Method):
         params = {e.name: model.get_parameter(e.name) for e in self.entries}
         for p in params.values():
             p.requires_grad_(True)
-        self._probed = list(params.values())
-        self._hooks = sum_gradients(params, self.sums, free=True, transform=squared)
+        self._hooks = sum_gradients(params, self.sums, free=True, transform=squared, reduce=True)
         return model
 
-    def probed_parameters(self) -> list[nn.Parameter]:
-        return list(self._probed)
+    def probed_parameters(self, model: nn.Module) -> set[str]:
+        """The sensitivity phase's candidates: their squared gradients are summed and freed, never applied."""
+        return {e.name for e in self.entries} if self.phase == "sensitivity" else set()
 
     def planned_trainable(self, model: nn.Module, spec: ModelSpec) -> int:
         """The target (``budget``) plus the head; the realised count is the allocation closest to it (printed at
@@ -118,9 +124,10 @@ class SptLora(Method):
         require(not missing, f"SPT summed no gradient for {missing[:3]}: are they used by the forward?")
         for h in self._hooks:
             h.remove()
-        self._hooks, self._probed = [], []
+        self._hooks = []
         self.tau, decisions = allocate(self.sums, self.entries, self.config.budget, self.config.alpha,
                                        self.config.beta)
+        distributed.assert_same("SPT's allocation", {n: (d.mode, d.indices) for n, d in decisions.items()})
         self.sums = {}
         self._convert(model, decisions)
         modes = {m: sum(1 for v in self.plan.values() if v["mode"] == m) for m in ("lora", "sparse", "full")}
