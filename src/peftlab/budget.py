@@ -7,6 +7,8 @@ Usage (Hydra overrides, as for ``train.py``; the task decides the head, so pass 
     python -m peftlab.budget model=deberta_v3_base method=adapter_pfeiffer --solve method.bottleneck --target 1.18M
     python -m peftlab.budget model=llama_7b task=commonsense method=dora --solve method.r --target 0.84%
     python -m peftlab.budget model=roberta_base method=smt --solve method.<knob> --match method=lora method.r=8
+    python -m peftlab.budget model=llama_7b task=commonsense method=smt --memory batch=16 seq=256 \
+        precision=bf16-mixed grad_checkpointing=true      # predicted training memory (peftlab.memory)
 
 The backbone is built on the meta device (no memory, no download) from the architecture dimensions kept
 under ``config:`` in ``conf/model/<name>.yaml`` (or, without them, from a local/cached ``config.json``);
@@ -169,8 +171,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", help="target trainable count: 56.1M, 300k, 1.2e6, or 0.83%% of the base model")
     parser.add_argument("--match", nargs="+", metavar="OVERRIDE",
                         help="target = the trainable count of these overrides on the same model and task")
-    args = parser.parse_args(argv)
+    parser.add_argument("--memory", action="store_true", help="predicted training memory (docs/memory.md); takes "
+                        "batch= seq= precision= grad_checkpointing= offload= foreach= among the overrides")
+    args = parser.parse_intermixed_args(argv)
     try:
+        if args.memory:
+            from peftlab.memory import report  # noqa: PLC0415  (peftlab.memory imports this module)
+
+            require(args.solve is None, "--memory and --solve are separate modes: run them one at a time")
+            print(report(args.overrides))
+            return 0
         cfg = compose(args.overrides)
         if not args.solve:
             require(args.target is None and args.match is None, "--target/--match need --solve KEY")

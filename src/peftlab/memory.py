@@ -45,6 +45,7 @@ stated assumption (see each planner's docstring).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -54,13 +55,15 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from peftlab.budget import meta_backbone
+from peftlab.budget import compose, meta_backbone
 from peftlab.config_utils import require, to_dict
 from peftlab.methods import build_method
 from peftlab.methods.base import Method
 from peftlab.methods.lisa import transformer_blocks
 from peftlab.models import ModelSpec
+from peftlab.train import validate_config
 
 PRECISIONS = ("bf16-mixed", "32-true", "bf16-master")
 FP32 = 4  # bytes of an fp32 element (trained parameters, their gradients, Adam moments, gradient sums)
@@ -82,8 +85,10 @@ class MemorySetting:
     foreach: bool = True  # AdamW's multi-tensor step (torch's default on CUDA): one fp32 copy of the trained set
 
     def __post_init__(self) -> None:
-        require(isinstance(self.batch, int) and self.batch >= 1, f"batch must be an integer >= 1, got {self.batch!r}")
-        require(isinstance(self.seq, int) and self.seq >= 1, f"seq must be an integer >= 1, got {self.seq!r}")
+        for key in ("batch", "seq"):
+            value = getattr(self, key)
+            require(isinstance(value, int) and value >= 1, f"{key} must be an integer >= 1 (e.g. {key}=16), "
+                    f"got {value!r}")
         require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got '{self.precision}'")
 
 
@@ -118,6 +123,7 @@ class Prediction:
 
     phases: dict[str, Split]
     labels: dict[str, str]
+    inputs: str  # the batch the forward ran on, e.g. "input_ids 16×256"
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -319,9 +325,20 @@ class Activations:
     total: int  # every saved tensor once (no checkpointing)
 
 
+class _EverythingSelected(TorchDispatchMode):
+    """``nonzero`` on fake tensors has no known output size; answer as if every element were selected (exact for
+    the filters models run on a training batch, e.g. DeBERTa's ``(labels >= 0).nonzero()``)."""
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        if func is torch.ops.aten.nonzero.default:
+            return torch.empty(args[0].numel(), args[0].dim(), dtype=torch.long)
+        return func(*args, **(kwargs or {}))
+
+
 def _is_weight_copy(t: torch.Tensor) -> bool:
-    """Whether ``t`` is a cast of a leaf that requires grad (autocast's cached bf16 copy of an fp32 weight)."""
-    fn = t.grad_fn
+    """Whether ``t`` is (a view of) a cast of a leaf that requires grad: autocast's cached bf16 copy of an fp32
+    weight (a linear layer saves its transpose)."""
+    fn = (t._base if t._base is not None else t).grad_fn
     return (fn is not None and type(fn).__name__ == "ToCopyBackward0"
             and hasattr(fn.next_functions[0][0], "variable"))
 
@@ -357,7 +374,7 @@ def measure_activations(model: nn.Module, batch: Batch, loss_fn: LossFn, autocas
     handles = [h for i, b in enumerate(blocks) for h in (b.register_forward_pre_hook(enter(i), with_kwargs=True),
                                                          b.register_forward_hook(leave))]
     try:
-        with mode, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+        with mode, _EverythingSelected(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
                 torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             loss_fn(model, batch)
     finally:
@@ -439,4 +456,92 @@ def predict(spec: ModelSpec, method_node: DictConfig | dict[str, Any], head: str
         phases[phase.key] = _split(model, phase, setting, acts, backbone_buffers)
         labels[phase.key] = phase.label
         _set_dtypes(model, load, mode)  # load dtypes again before the next phase restructures the model
-    return Prediction(phases, labels, notes)
+    inputs = ", ".join(f"{k} {'×'.join(map(str, v.shape))}" for k, v in batch.items() if v.dim() > 1)
+    return Prediction(phases, labels, inputs, notes)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the budget calculator's --memory mode
+
+SEQ_KEYS = ("cutoff_len", "max_length", "max_seq_length")  # the task options that bound a sequence's tokens
+BOOLEANS = {"true": True, "false": False}
+KINDS = {"frozen_weights": "frozen weights", "trained_params": "trained params", "master_copies": "fp32 master copies",
+         "gradients": "gradients", "optimizer_state": "optimizer state (AdamW)", "method_state": "method state",
+         "activations": "activations (end of forward)"}
+GPUS = (24, 40, 80)  # GiB sizes of common GPUs
+
+
+def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
+    """Hydra overrides apart from the memory settings (``batch= seq= precision= grad_checkpointing= offload=
+    foreach=``)."""
+    keys = {f.name for f in dataclasses.fields(MemorySetting)}
+    hydra, settings = [], {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and key in keys:
+            settings[key] = value
+        else:
+            hydra.append(item)
+    return hydra, settings
+
+
+def memory_setting(cfg: DictConfig, settings: dict[str, str]) -> MemorySetting:
+    """The settings given on the command line; the rest from the config: batch = ``task.batch_size``, seq = the
+    task's ``cutoff_len``/``max_length``/``max_seq_length``, gradient checkpointing = ``model.gradient_checkpointing``;
+    precision ``bf16-mixed`` (the GPU trainer), SMT sums offloaded and AdamW foreach (the GPU defaults)."""
+    values: dict[str, Any] = {"batch": cfg.task.get("batch_size"),
+                              "seq": next((cfg.task[k] for k in SEQ_KEYS if cfg.task.get(k)), 1),
+                              "grad_checkpointing": bool(cfg.model.get("gradient_checkpointing", False))}
+    for key, text in settings.items():
+        if key in ("batch", "seq"):
+            require(text.isdigit(), f"{key}={text} is not an integer >= 1 (e.g. {key}=16)")
+            values[key] = int(text)
+        elif key == "precision":
+            values[key] = text
+        else:
+            require(text.lower() in BOOLEANS, f"{key}={text} is not a boolean: give {key}=true or {key}=false")
+            values[key] = BOOLEANS[text.lower()]
+    return MemorySetting(**values)
+
+
+def predict_config(cfg: DictConfig, setting: MemorySetting) -> Prediction:
+    """:func:`predict` for a composed project config (model × method × task), with the task's own loss."""
+    spec, _, task = validate_config(cfg)
+    return predict(spec, cfg.method, task.head, task.num_labels, setting, task.loss)
+
+
+def report(overrides: list[str]) -> str:
+    """``python -m peftlab.budget <overrides> --memory``: the prediction for the composed config, described."""
+    hydra, settings = split_overrides(overrides)
+    cfg = compose(hydra)
+    setting = memory_setting(cfg, settings)
+    return describe(cfg, setting, predict_config(cfg, setting))
+
+
+def gib(n: int) -> str:
+    return f"{n / GiB:.2f}"
+
+
+def fits(peak: int) -> str:
+    """The GPU sizes of :data:`GPUS` a peak fits on (allocated bytes, one device), or "none"."""
+    return ", ".join(f"{g}" for g in GPUS if peak <= g * GiB) or "none"
+
+
+def describe(cfg: DictConfig, setting: MemorySetting, pred: Prediction) -> str:
+    """The split per phase (GiB), the moment of each phase's peak, and the overall peak."""
+    phases = list(pred.phases)
+    checkpointing = "on" if setting.grad_checkpointing else "off"
+    lines = [f"model={cfg.model.name} method={cfg.method.name} task={cfg.task.name}: {pred.inputs}, "
+             f"{setting.precision}, gradient checkpointing {checkpointing}, "
+             f"AdamW {'foreach' if setting.foreach else 'per tensor'}",
+             f"{'GiB':34s}" + "".join(f"{pred.labels[p]:>22s}" for p in phases)]
+    for kind, label in KINDS.items():
+        lines.append(f"{label:34s}" + "".join(f"{gib(getattr(pred.phases[p], kind)):>22s}" for p in phases))
+    for p in phases:
+        s = pred.phases[p]
+        moment = max(s.moments, key=lambda m: s.moments[m])
+        lines.append(f"peak of {pred.labels[p]}: {gib(s.peak)} GiB at the {moment}"
+                     + (f"; + {gib(s.offloaded)} GiB of method state in CPU memory" if s.offloaded else ""))
+    lines.append(f"peak: {gib(pred.peak)} GiB (fits one GPU of: {fits(pred.peak)} GiB)")
+    lines += [f"assumed: {n}" for n in pred.notes]
+    return "\n".join(lines)
