@@ -211,7 +211,7 @@ def predicted(setting: dict[str, Any], spec: ModelSpec, fill: dict[str, Any], me
     structure only."""
     phase = "warmup" if setting.get("phase") == "warmup" else "train"
     mem = MemorySetting(batch=args.batch, seq=args.seq, precision=args.precision,
-                        grad_checkpointing=args.grad_checkpointing, offload=False, foreach=args.device == "cuda")
+                        grad_checkpointing=args.grad_checkpointing, device=args.device)
     pred = predict(spec, method_node(setting, fill), "causal_lm", None, mem, lambda m, b: m(**b).loss,
                    make_batch=lambda m: {"input_ids": torch.zeros(args.batch, args.seq, dtype=torch.long),
                                          "labels": torch.zeros(args.batch, args.seq, dtype=torch.long)},

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--match", nargs="+", metavar="OVERRIDE",
                         help="target = the trainable count of these overrides on the same model and task")
     parser.add_argument("--memory", action="store_true", help="predicted training memory (docs/memory.md); takes "
-                        "batch= seq= precision= grad_checkpointing= offload= foreach= among the overrides")
+                        "batch= seq= precision= grad_checkpointing= device= offload= foreach= among the overrides")
     args = parser.parse_intermixed_args(argv)
     try:
         if args.memory:

@@ -81,8 +81,9 @@ class MemorySetting:
     seq: int  # tokens per sequence (ignored by image models)
     precision: str = "bf16-mixed"  # see PRECISIONS and the module docstring
     grad_checkpointing: bool = False  # recompute each block in backward (HF gradient_checkpointing_enable)
-    offload: bool = True  # SMT's warm-up gradient sums in CPU memory (the GPU default) instead of on the device
-    foreach: bool = True  # AdamW's multi-tensor step (torch's default on CUDA): one fp32 copy of the trained set
+    device: str = "cuda"  # where the run trains; decides the two defaults below
+    offload: bool | None = None  # SMT's warm-up gradient sums in CPU memory; None: on an accelerator (official)
+    foreach: bool | None = None  # AdamW's multi-tensor step; None: torch's default (on CUDA)
 
     def __post_init__(self) -> None:
         for key in ("batch", "seq"):
@@ -90,6 +91,10 @@ class MemorySetting:
             require(isinstance(value, int) and value >= 1, f"{key} must be an integer >= 1 (e.g. {key}=16), "
                     f"got {value!r}")
         require(self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got '{self.precision}'")
+        if self.offload is None:
+            self.offload = self.device != "cpu"
+        if self.foreach is None:
+            self.foreach = self.device == "cuda"
 
 
 @dataclass
@@ -472,8 +477,8 @@ GPUS = (24, 40, 80)  # GiB sizes of common GPUs
 
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Hydra overrides apart from the memory settings (``batch= seq= precision= grad_checkpointing= offload=
-    foreach=``)."""
+    """Hydra overrides apart from the memory settings (``batch= seq= precision= grad_checkpointing= device=
+    offload= foreach=``)."""
     keys = {f.name for f in dataclasses.fields(MemorySetting)}
     hydra, settings = [], {}
     for item in overrides:
@@ -488,7 +493,7 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
 def memory_setting(cfg: DictConfig, settings: dict[str, str]) -> MemorySetting:
     """The settings given on the command line; the rest from the config: batch = ``task.batch_size``, seq = the
     task's ``cutoff_len``/``max_length``/``max_seq_length``, gradient checkpointing = ``model.gradient_checkpointing``;
-    precision ``bf16-mixed`` (the GPU trainer), SMT sums offloaded and AdamW foreach (the GPU defaults)."""
+    precision ``bf16-mixed`` and device ``cuda`` (the GPU trainer: SMT sums offloaded, AdamW foreach)."""
     values: dict[str, Any] = {"batch": cfg.task.get("batch_size"),
                               "seq": next((cfg.task[k] for k in SEQ_KEYS if cfg.task.get(k)), 1),
                               "grad_checkpointing": bool(cfg.model.get("gradient_checkpointing", False))}
@@ -496,7 +501,7 @@ def memory_setting(cfg: DictConfig, settings: dict[str, str]) -> MemorySetting:
         if key in ("batch", "seq"):
             require(text.isdigit(), f"{key}={text} is not an integer >= 1 (e.g. {key}=16)")
             values[key] = int(text)
-        elif key == "precision":
+        elif key in ("precision", "device"):
             values[key] = text
         else:
             require(text.lower() in BOOLEANS, f"{key}={text} is not a boolean: give {key}=true or {key}=false")
