@@ -217,7 +217,7 @@ def predicted(setting: dict[str, Any], spec: ModelSpec, fill: dict[str, Any], me
                                          "labels": torch.zeros(args.batch, args.seq, dtype=torch.long)},
                    state=method.method_state() if phase == "train" else None)
     split = pred.phases[phase]
-    return {"split_bytes": {k: v for k, v in vars(split).items() if isinstance(v, int)},
+    return {"split_bytes": split.by_kind(),
             "tensor_bytes": split.tensor_bytes(), "peak_bytes": split.peak, "moments_bytes": split.moments}
 
 
@@ -327,8 +327,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     rows = run(args)
     md = table(rows)
     print(md)

@@ -101,6 +101,7 @@ class MemorySetting:
 class Split:
     """Bytes of one training phase, by kind (all on the device unless named ``offloaded``)."""
 
+    trainable: int = 0  # trained parameters (elements), as the run record's params.trainable
     frozen_weights: int = 0  # frozen parameters in their load dtype + the backbone's buffers
     trained_params: int = 0  # fp32 under the precision rule (the load dtype under bf16-master)
     master_copies: int = 0  # fp32 copies of the trained weights (bf16-master only)
@@ -111,8 +112,13 @@ class Split:
     offloaded: int = 0  # method state held in CPU memory (not part of the device peak)
     moments: dict[str, int] = field(default_factory=dict)  # device bytes at each moment of a step (peak = max)
 
+    def by_kind(self) -> dict[str, int]:
+        """Bytes per kind (every field but ``trainable`` and ``moments``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("trainable", "moments")}
+
     def tensor_bytes(self) -> int:
-        """What ``scripts/bench_methods.py`` measures: every kind above on the device, no workspace."""
+        """What ``scripts/bench_methods.py`` measures: every kind of bytes above on the device, no workspace."""
         return (self.frozen_weights + self.trained_params + self.master_copies + self.gradients
                 + self.optimizer_state + self.method_state + self.activations)
 
@@ -402,7 +408,7 @@ def _split(model: nn.Module, phase: Phase, setting: MemorySetting, acts: Activat
     trained = [p for p in params if p.requires_grad and id(p) not in phase.probed]
     frozen = [p for p in params if not (p.requires_grad and id(p) not in phase.probed)]
     trained_bytes = sum(p.numel() * p.itemsize for p in trained)
-    s = Split(frozen_weights=sum(p.numel() * p.itemsize for p in frozen) + backbone_buffers,
+    s = Split(trainable=_numel(trained), frozen_weights=sum(p.numel() * p.itemsize for p in frozen) + backbone_buffers,
               trained_params=trained_bytes,
               master_copies=FP32 * _numel(trained) if setting.precision == "bf16-master" else 0,
               gradients=trained_bytes,
@@ -438,7 +444,7 @@ def predict(spec: ModelSpec, method_node: DictConfig | dict[str, Any], head: str
     backbone_buffers = sum(b.numel() * b.itemsize for b in base.buffers())
     method = build_method(to_dict(method_node) if isinstance(method_node, DictConfig) else dict(method_node))
     with torch.device("meta"):
-        model = method.apply(copy.deepcopy(base), spec)
+        model = method.apply(copy.deepcopy(base), spec).train()  # training mode, as the Lightning module sets it
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     _fakeify(model, mode)
     with mode:

@@ -1,0 +1,164 @@
+"""Predicted training memory at the papers' scale (no GPU needed): ``results/bench/memory_paper_scale.md``.
+
+Usage:
+    python scripts/memory_paper_scale.py                      # the three protocols below (~20 min on one CPU core)
+    python scripts/memory_paper_scale.py --models llama_7b --out /tmp/mem
+
+Every row is :func:`peftlab.memory.predict_config` (docs/memory.md) for one method of a paper table, with the
+method settings of the experiment files (``conf/experiment/<table>.yaml`` ``table.sweep.methods``, the lists
+``scripts/reproduce.py`` runs) plus full fine-tuning, CapaBoost and SMT's warm-up modes:
+
+- LLaMA-7B and LLaMA3-8B at the commonsense protocol (``experiment=smt_commonsense``: batch 16, cutoff 256,
+  bf16-mixed) with gradient checkpointing, as the official SMT code trains (HectorHHZ/Sparse_Matrix_Tuning
+  ``deepspeed/fine_tune.py``: ``model.gradient_checkpointing_enable()``) and the DoRA scripts
+  (``--use_gradient_checkpointing``); LLaMA-7B also with the sparse peers of ``experiment=sparse_peers``;
+- DeBERTaV3-base at the GLUE protocol of the CapaBoost scripts (``experiment=capaboost_glue``: batch 32, max
+  length 512, bf16-mixed, no checkpointing).
+
+Ratios are to full fine-tuning's and LoRA's peaks in the same table; "fits" lists the GPU sizes (GiB) whose
+memory holds the predicted peak of allocated tensors (the CUDA context, ~0.5 GiB, and allocator slack are extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from peftlab import results
+from peftlab.budget import compose
+from peftlab.memory import GiB, MemorySetting, Prediction, fits, predict_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SMT_CLAIM = 0.33  # SMT paper (arXiv 2405.15525): 67% less GPU memory than full fine-tuning on LLaMA-7B
+CAPABOOST_LLAMA = ["method=capaboost_lora", "method.r=32", "method.alpha=64", "method.d=2", "method.density=0.5",
+                   "method.targets=[q,k,v,up,down]"]  # LoRA r32's stored count, 2 masked copies
+
+
+@dataclass
+class Protocol:
+    model: str
+    title: str
+    experiment: str
+    checkpointing: bool
+    rows: dict[str, list[str]] = field(default_factory=dict)  # row label → overrides
+
+
+WARMUP_ONLY = "SMT, grad_only warm-up"  # this row shows only its warm-up: its block phase is the smt row's
+
+
+def sweep(experiment: str, names: list[str] | None = None) -> dict[str, list[str]]:
+    """The method overrides of an experiment file's ``table.sweep.methods`` (all, or ``names``)."""
+    methods = OmegaConf.to_container(compose([f"experiment={experiment}"]).table.sweep.methods, resolve=False)
+    return {k: [o for o in v if not o.startswith("table.")] for k, v in methods.items() if names is None or k in names}
+
+
+def protocols() -> list[Protocol]:
+    paper = sweep("smt_commonsense")
+    llama = {"full FT": ["method=full"], "full FT, DeepSpeed bf16 layout": ["method=full", "precision=bf16-master"],
+             **paper, WARMUP_ONLY: [*paper["smt"], "method.warmup_mode=grad_only"], "capaboost_lora": CAPABOOST_LLAMA}
+    peers = sweep("sparse_peers", ["shira", "supertuning", "spiel", "spt_lora", "s2ft", "lisa", "ssf"])
+    deberta = {"full FT": ["method=full"], **sweep("capaboost_glue"), "smt": ["method=smt", "method.budget=0.0084"],
+               WARMUP_ONLY: ["method=smt", "method.budget=0.0084", "method.warmup_mode=grad_only"]}
+    return [Protocol("llama_7b", "LLaMA-7B, commonsense protocol", "smt_commonsense", True, {**llama, **peers}),
+            Protocol("llama3_8b", "LLaMA3-8B, commonsense protocol", "smt_commonsense", True, llama),
+            Protocol("deberta_v3_base", "DeBERTaV3-base, GLUE protocol (CapaBoost scripts, RTE)", "capaboost_glue",
+                     False, deberta)]
+
+
+def predict_row(p: Protocol, overrides: list[str]) -> tuple[MemorySetting, Prediction]:
+    settings = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if o.startswith("precision=")}
+    cfg = compose([f"experiment={p.experiment}", f"model={p.model}",
+                   *(o for o in overrides if not o.startswith("precision="))])
+    seq = next(cfg.task[k] for k in ("cutoff_len", "max_length") if cfg.task.get(k))
+    setting = MemorySetting(batch=cfg.task.batch_size, seq=seq, precision=settings.get("precision", "bf16-mixed"),
+                            grad_checkpointing=p.checkpointing)
+    return setting, predict_config(cfg, setting)
+
+
+def section(p: Protocol, rows: list[dict[str, Any]]) -> str:
+    full = next(r for r in rows if r["label"] == "full FT")["peak"]
+    lora = next(r for r in rows if r["label"] == "lora")["peak"]
+    first = rows[0]
+    lines = [f"## {p.title}: {first['inputs']}, {first['precision']}, gradient checkpointing "
+             f"{'on' if p.checkpointing else 'off'}", "",
+             "| row | trainable | phase | frozen | trained | master | grads | AdamW | method (device) | activations "
+             "| peak GiB | × full FT | × LoRA | fits (GiB) |", "|" + "---|" * 14]
+    for r in rows:
+        for phase, s in r["phases"].items():
+            if r["label"] == WARMUP_ONLY and phase == "block training":
+                continue
+            g = {k: f"{v / GiB:.2f}" for k, v in s.items() if k not in ("peak", "moments")}
+            lines.append(f"| {r['label']} | {r['trainable']:,} | {phase} | {g['frozen_weights']} | "
+                         f"{g['trained_params']} | {g['master_copies']} | {g['gradients']} | {g['optimizer_state']} | "
+                         f"{g['method_state']} | {g['activations']} | **{s['peak'] / GiB:.2f}** | "
+                         f"{s['peak'] / full:.3f} | {s['peak'] / lora:.3f} | {fits(s['peak'])} |")
+    lines += [""] + [f"- `{r['label']}`: `{' '.join(r['overrides'])}`" + (f"; assumed: {'; '.join(r['notes'])}"
+                                                                          if r["notes"] else "") for r in rows]
+    return "\n".join(lines)
+
+
+def verdicts(p: Protocol, rows: list[dict[str, Any]]) -> list[str]:
+    """The issue's targets and the SMT paper's claim, at this protocol."""
+    by = {r["label"]: r for r in rows}
+    full, lora, smt = by["full FT"]["peak"], by["lora"]["peak"], by["smt"]["phases"]
+    blocks = smt["block training"]["peak"]
+    warm = by[WARMUP_ONLY]["phases"]["warm-up (grad_only)"]["peak"]
+    ok = {True: "met", False: "NOT met"}
+    return [f"- SMT block training: {blocks / GiB:.2f} GiB = **{blocks / full:.3f}× full FT** (target ≤ 0.40: "
+            f"{ok[blocks <= 0.40 * full]}; the SMT paper's −67% is {SMT_CLAIM:.2f}×) and **{blocks / lora:.4f}× LoRA "
+            f"r=32** (target ≤ 1.0: {ok[blocks <= lora]}); LoRA {lora / GiB:.2f} GiB, full FT {full / GiB:.2f} GiB.",
+            f"- SMT warm-up in `grad_only` mode: {warm / GiB:.2f} GiB = **{warm / full:.3f}× full FT** (target ≤ 0.6: "
+            f"{ok[warm <= 0.6 * full]}); the official warm-up (`full`) is full fine-tuning: "
+            f"{smt['warm-up (full)']['peak'] / full:.3f}× (+ its fp32 gradient sums, offloaded to CPU memory)."]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", help="only these protocols' models")
+    parser.add_argument("--out", default=str(ROOT / "results/bench"))
+    args = parser.parse_args()
+    chosen = [p for p in protocols() if args.models is None or p.model in args.models]
+    record: dict[str, Any] = {"created": results.now(), "git": results.git_commit(), "hardware": results.hardware(),
+                              "versions": results.versions(), "protocols": {}}
+    parts = []
+    for p in chosen:
+        rows = []
+        for label, overrides in p.rows.items():
+            setting, pred = predict_row(p, overrides)
+            phases = {pred.labels[k]: {**s.by_kind(), "peak": s.peak, "moments": s.moments}
+                      for k, s in pred.phases.items()}
+            rows.append({"label": label, "overrides": overrides, "trainable": pred.phases["train"].trainable,
+                         "precision": setting.precision, "inputs": pred.inputs, "notes": pred.notes,
+                         "peak": pred.peak, "phases": phases})
+            print(f"{p.model} {label}: peak {pred.peak / GiB:.2f} GiB", flush=True)
+        record["protocols"][p.model] = rows
+        extra = verdicts(p, rows) if p.model.startswith("llama") else []
+        parts.append(section(p, rows) + ("\n\n" + "\n".join(extra) if extra else ""))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results.write_json_atomic(out / "memory_paper_scale.json", record)
+    command = "python scripts/memory_paper_scale.py" + (f" --models {' '.join(args.models)}" if args.models else "")
+    text = (f"# Training memory at paper scale (predicted, no GPU)\n\nProduced by `{command}` on "
+            f"{record['hardware']['processor']} ({os.cpu_count()} CPUs; {record['created']}, commit "
+            f"{record['git']['commit']}{', dirty' if record['git']['dirty'] else ''}). Every number is the memory "
+            "model's prediction (`python -m peftlab.budget ... --memory`, docs/memory.md): tensor bytes on one "
+            "device, by kind, for each phase; peak = the largest moment of a training step. Precision rule "
+            "(`bf16-mixed`): frozen weights in the load dtype (LLaMA bf16, DeBERTa fp32), trained tensors fp32, "
+            "AdamW fp32; `DeepSpeed bf16 layout` = bf16 weights and gradients + fp32 master + fp32 Adam "
+            "(the official SMT code's ZeRO bf16, one GPU, no offload; its full-FT config "
+            "`peft/configs/fft_deepspeed_config.json` offloads the optimizer state to CPU). SMT rows without a "
+            "run's selection assume its blocks spread over all q, k, v matrices (the worst case for activations)."
+            f"\n\n" + "\n\n".join(parts) + "\n")
+    tmp = out / "memory_paper_scale.md.tmp"
+    tmp.write_text(text)
+    tmp.replace(out / "memory_paper_scale.md")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
