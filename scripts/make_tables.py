@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from peftlab.errors import ConfigError
+from peftlab.reproduce import experiment_names, table_columns
 from peftlab.table_render import Header, render_csv, render_markdown
 from peftlab.tables import Records, build_table, cell_key, is_mini, load_records, table_of
 
@@ -52,8 +53,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"({len(recs.incomplete)} incomplete)", file=sys.stderr)
             return 1
         out.mkdir(parents=True, exist_ok=True)
+        known = experiment_names()
         for table in tables:
-            data, paper = build_table(recs, table, args.paper_dir, mini)
+            columns = table_columns(table, mini) if table in known else []  # the tasks its averages name
+            data, paper = build_table(recs, table, args.paper_dir, mini, columns)
             header = Header(
                 command=command, date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 record_count=len(data.records), commits=Records(complete=data.records).commits(),

@@ -6,6 +6,7 @@
     python scripts/reproduce.py smt_commonsense --launcher submitit_slurm   # as SLURM array jobs (submitit)
     python scripts/reproduce.py smt_budget --mini                     # offline mini version → results/*/mini/
     python scripts/reproduce.py capaboost_squad --seeds 42 --methods lora -- trainer.devices=2
+    python scripts/reproduce.py capaboost_glue --methods capaboost_lora --tasks rte --seeds 42   # one cell
 
 Runs whose COMPLETE record already exists (same table, row, task, seed) are skipped, so a killed
 reproduction resumes by running the same command. Afterwards scripts/make_tables.py rebuilds the table and,
@@ -31,6 +32,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--mini", action="store_true", help="offline mini version (table.mini) into results/mini/runs")
     ap.add_argument("--seeds", type=int, nargs="+", help="replace the table's seeds")
     ap.add_argument("--methods", nargs="+", help="only these method entries of the table")
+    ap.add_argument("--tasks", nargs="+", help="only these task entries of the table (one cell: with --methods)")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--launcher", help="Hydra launcher, e.g. submitit_slurm (conf/hydra/launcher/)")
     ap.add_argument("--runs-dir", help="records directory (default results/runs, --mini: results/mini/runs)")
@@ -62,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(rp.experiment_names()))
         return 0
     try:
-        plan = rp.resolve_keys(rp.plan(args.table, args.mini, args.seeds, args.methods))
+        plan = rp.resolve_keys(rp.plan(args.table, args.mini, args.seeds, args.methods, args.tasks))
     except ConfigError as err:
         print(f"ConfigError: {err}", file=sys.stderr)
         return 2

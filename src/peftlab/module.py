@@ -17,6 +17,8 @@ what the method did at ``s`` (e.g. SMT's switch to blocks).
 from __future__ import annotations
 
 import random
+import statistics
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -31,8 +33,9 @@ from peftlab.tasks.base import Task
 
 class PeftModule(pl.LightningModule):
     def __init__(self, model: nn.Module, method: Method, task: Task, optim: dict[str, Any],
-                 run_config: dict[str, Any] | None = None) -> None:
-        """``run_config``: the settings a checkpoint must have been trained with to be resumed (see train.py)."""
+                 run_config: dict[str, Any] | None = None, select: Sequence[str] | None = None) -> None:
+        """``run_config``: the settings a checkpoint must have been trained with to be resumed (see train.py).
+        ``select``: the validation metrics whose mean picks the best epoch (``report.select``; None: the main one)."""
         super().__init__()
         self.model = model.train()  # HF models load in eval mode; Lightning keeps the mode it finds
         self.method = method
@@ -42,6 +45,12 @@ class PeftModule(pl.LightningModule):
         self.strict_loading = False  # frozen weights are not in our checkpoints: they come from the base model
         self._outputs: dict[str, list[dict[str, Any]]] = {"validation": [], "test": []}
         self.best: dict[str, float] = {}
+        self.select = list(select) if select else [task.main_metric]
+        declared = getattr(task.config, "metrics", None)  # tasks that list their metrics: check before training
+        unknown = [n for n in self.select if declared is not None and n not in declared]
+        require(not unknown, f"report.select={self.select}: {unknown} not among task '{task.name}' metrics "
+                f"{list(declared or [])} (name validation metrics of the task, or report.select=null)")
+        self.best_epoch: dict[str, float] = {}  # the validation metrics of the best epoch so far (_track_best_epoch)
         self.schedule_start = 0  # global step at which the current optimizer and scheduler were built
         self.schedule_origin = 0  # global step at which the current lr schedule (warm-up, decay) began
         self._rng_to_restore: dict[str, Any] | None = None
@@ -129,6 +138,23 @@ class PeftModule(pl.LightningModule):
             main = values[self.task.main_metric]
             self.best[self.task.main_metric] = max(main, self.best.get(self.task.main_metric, float("-inf")))
             self.log(f"val/{self.task.main_metric}_best", self.best[self.task.main_metric])
+            self._track_best_epoch(values)
+
+    def _track_best_epoch(self, values: dict[str, float]) -> None:
+        """Best-epoch dev score, as HF Trainer's ``load_best_model_at_end`` with ``metric_for_best_model`` (the
+        released CapaBoost/AdaLoRA GLUE scripts): log, as ``val_best/<metric>``, every validation metric of the epoch
+        whose selection score is the highest so far. Score = mean of the ``select`` metrics (HF run_glue's
+        ``combined_score`` is the mean of the task's metrics, e.g. accuracy and F1 for MRPC/QQP); a tie keeps the
+        earlier epoch (HF replaces its best checkpoint only on a strictly greater score). Departure: HF then
+        evaluates the reloaded best checkpoint; we record that epoch's evaluation (the same numbers, no reload)."""
+        missing = [n for n in self.select if n not in values]
+        require(not missing, f"report.select names {missing}: not validation metrics of task '{self.task.name}' "
+                f"({sorted(values)})")
+        score = statistics.fmean(values[n] for n in self.select)
+        if not self.best_epoch or score > self.best_epoch["selection_score"]:
+            self.best_epoch = {**values, "selection_score": score, "epoch": float(self.current_epoch)}
+        for name, value in self.best_epoch.items():
+            self.log(f"val_best/{name}", value)
 
     # ---- checkpoints: trainable tensors + buffers + method state only ----
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -140,6 +166,7 @@ class PeftModule(pl.LightningModule):
             "method_state": self.method.method_state(),
             "resume_state": self.method.resume_state(),
             "best": dict(self.best),
+            "best_epoch": dict(self.best_epoch),
             "schedule_start": self.schedule_start,
             "schedule_origin": self.schedule_origin,
             "rng": get_rng_state(),
@@ -158,6 +185,7 @@ class PeftModule(pl.LightningModule):
         self.model = self.method.load_method_state(self.model, extra.get("method_state", {}))
         self.method.load_resume_state(self.model, extra.get("resume_state", {}))
         self.best = dict(extra.get("best", {}))
+        self.best_epoch = dict(extra.get("best_epoch", {}))
         self.schedule_start = int(extra.get("schedule_start", 0))
         self.schedule_origin = int(extra.get("schedule_origin", self.schedule_start))
         self._rng_to_restore = extra.get("rng")

@@ -12,16 +12,24 @@ import io
 from dataclasses import dataclass, field
 from typing import Any
 
-from peftlab.tables import AVERAGE, GROUP_AVERAGE, PARAMS_PCT, Cell, PaperValue, TableData
+from peftlab.tables import AVERAGE, GROUP_AVERAGE, GROUP_PREFIX, PARAMS_PCT, VTAB_GROUPS, Cell, PaperValue, TableData
 
 MISSING = "missing"
 ABSENT = "–"
-AVERAGE_LABELS = {AVERAGE: "Avg", GROUP_AVERAGE: "Avg (groups)"}
+AVERAGE_LABELS = {AVERAGE: "Avg", GROUP_AVERAGE: "Avg (groups)",
+                  **{GROUP_PREFIX + g: f"{g.capitalize()} ({len(t)})" for g, t in VTAB_GROUPS.items()}}
 AVERAGE_DOCS = {
-    AVERAGE: "Avg = plain mean over the task columns, computed per seed over seeds that have every column "
-             "(commonsense: the 8 sets; VTAB-1k: the 19-task mean)",
-    GROUP_AVERAGE: "Avg (groups) = mean of the Natural/Specialized/Structured group means, per seed "
-                   "(VPT/SPT convention)",
+    AVERAGE: "Avg = plain mean over the table's task columns, computed per seed over the seeds that have every "
+             "one of them, else missing (commonsense: the 8 sets; VTAB-1k: the 19-task mean)",
+    GROUP_AVERAGE: "Avg (groups) = mean of the Natural/Specialized/Structured group means, per seed over the seeds "
+                   "that have all 19 tasks (VPT/SPT convention)",
+    **{GROUP_PREFIX + g: f"{g.capitalize()} ({len(t)}) = mean of the {len(t)} {g} tasks, per seed over the seeds "
+                         "that have every one of them" for g, t in VTAB_GROUPS.items()},
+}
+REPORTED_DOCS = {
+    "test": "the test split after the last epoch",
+    "val_best": "the dev score at the best epoch (every validation metric of the epoch whose selection score, "
+                "config.report.select, was best: HF Trainer load_best_model_at_end / metric_for_best_model)",
 }
 
 
@@ -110,10 +118,15 @@ def render_markdown(data: TableData, paper: dict[tuple[str, str, str], PaperValu
             f"- model(s): {', '.join(header.models) or 'none'}", ""]
     lines = table_lines(data, paper)
     out += [_md_row(lines[0]), _md_row(["---"] * len(lines[0])), *(_md_row(line) for line in lines[1:]), ""]
-    out += ["Cells: ours = mean ± sample std (ddof=1; – for one seed) (number of seeds) of the test metric; "
+    out += ["Cells: ours = mean ± sample std (ddof=1; – for one seed) (number of seeds) of the reported metric; "
             "paper = the reported number (– = not reported or not retrieved); Δ = ours − paper; "
             "missing = no complete run.", ""]
     out += [f"- {AVERAGE_DOCS[a]}." for a in data.average_names]
+    by_kind: dict[str, list[str]] = {}
+    for row, kind in data.reported.items():
+        by_kind.setdefault(kind, []).append(row)
+    out += [f"- Reported value of rows {', '.join(rows)}: {REPORTED_DOCS[kind]}." for kind, rows in by_kind.items()]
+    out += [f"- Protocol: {p}" for p in data.protocols]
     cites = sorted({p.citation for k, p in paper.items() if k[0] == data.name})
     if cites:
         out += ["", "Paper numbers from:", *(f"- {c}" for c in cites)]
@@ -136,7 +149,7 @@ def csv_rows(data: TableData, paper: dict[tuple[str, str, str], PaperValue]) -> 
         for col in _value_columns(data):
             cell, rep = _ours(data, row, col), _paper(paper, data, row, col)
             out.append({
-                "table": data.name, "row": row, "column": col,
+                "table": data.name, "row": row, "column": col, "reported": data.reported.get(row, ""),
                 "mean": "" if cell is None else cell.mean,
                 "std": "" if cell is None or cell.std is None else cell.std,
                 "n": 0 if cell is None else cell.n,
@@ -147,7 +160,7 @@ def csv_rows(data: TableData, paper: dict[tuple[str, str, str], PaperValue]) -> 
             })
         runs = data.trainable.get(row, [])
         rep = _paper(paper, data, row, PARAMS_PCT)
-        out.append({"table": data.name, "row": row, "column": PARAMS_PCT,
+        out.append({"table": data.name, "row": row, "column": PARAMS_PCT, "reported": "",
                     "mean": sum(p for _, p in runs) / len(runs) if runs else "", "std": "", "n": len(runs),
                     "seeds": "", "paper": "" if rep is None else rep.value,
                     "delta": "" if rep is None or not runs else sum(p for _, p in runs) / len(runs) - rep.value,

@@ -1,9 +1,11 @@
 """Paper tables from run records: load and check records, aggregate seeds, join the papers' numbers.
 
 A run's table cell (design fixed for issue 9): table = ``config.table.name``, row = ``config.table.row``,
-column = ``record["task"]``, seed = ``record["seed"]``, value = ``metrics["test/" + main_metric]``. A task that
-scores several evaluation sets in one run (commonsense: ``config.task.eval_sets``, metrics
-``test/accuracy/<set>``) gives one column per set instead, as the papers lay those tables out.
+column = ``record["task"]``, seed = ``record["seed"]``, value = ``metrics["<reported>/" + main_metric]``, where
+``<reported>`` is the run's ``config.report.value``: ``test`` (the test split after the last epoch; the default) or
+``val_best`` (every validation metric at the best epoch: the released GLUE scripts' ``load_best_model_at_end``).
+A task that scores several evaluation sets in one run (commonsense: ``config.task.eval_sets``, metrics
+``<reported>/accuracy/<set>``) gives one column per set instead, as the papers lay those tables out.
 
 Only ``complete`` records are results; ``running``/``failed`` ones are listed, never used; a file that is not a
 valid record (bad JSON, or ``complete`` but missing what a cell needs) is refused with the reason, never used.
@@ -28,11 +30,14 @@ PAPER_COLUMNS = ("table", "row", "task", "metric", "value", "paper", "arxiv", "s
 CITATION_COLUMNS = ("paper", "arxiv", "source_table", "version")
 AVERAGE = "average"  # plain mean over the table's task columns
 GROUP_AVERAGE = "average_groups"  # mean of the group means (VTAB-1k convention of VPT/SPT/NOAH tables)
+GROUP_PREFIX = "average_"  # + VTAB group name: that group's mean (average_natural, ...)
+REPORTED = ("test", "val_best")  # config.report.value: which metrics a cell reads
 PARAMS_PCT = "trainable_pct"  # a paper CSV's reported trainable-parameter % of a row (not a task)
 # Columns that count as one task in the plain average (GLUE "All Avg": MNLI = mean of matched and mismatched).
 SAME_TASK = {"mnli_mm": "mnli"}
 
-# VTAB-1k groups (protocols.md §4.1), by our task names (conf/task/vtab/*.yaml).
+# VTAB-1k groups (Zhai et al. 2019, arXiv 1910.04867; task_adaptation's split definitions), by our task names
+# (conf/task/vtab/*.yaml).
 VTAB_GROUPS: dict[str, tuple[str, ...]] = {
     "natural": ("vtab_cifar", "vtab_caltech101", "vtab_dtd", "vtab_oxford_flowers102", "vtab_oxford_iiit_pet",
                 "vtab_svhn", "vtab_sun397"),
@@ -75,6 +80,8 @@ def _problem(record: Any) -> str | None:
     metrics, params = record["metrics"], record["params"]
     if not isinstance(metrics, dict) or not isinstance(params, dict) or not isinstance(record["config"], dict):
         return "metrics, params and config must be JSON objects"
+    if reported(record) not in REPORTED:
+        return f"config.report.value must be one of {list(REPORTED)}, got {reported(record)!r}"
     for key in _metric_keys(record):
         if not _is_number(metrics.get(key)):
             return f"complete but metric '{key}' is missing or not a number"
@@ -94,12 +101,18 @@ def _eval_sets(record: dict[str, Any]) -> list[str]:
     return [str(s) for s in sets] if isinstance(sets, list) else []
 
 
+def reported(record: dict[str, Any]) -> str:
+    """Which value a record's cells read: its ``config.report.value`` (``test`` for records without one)."""
+    report = record.get("config", {}).get("report") or {}
+    return str(report.get("value", "test")) if isinstance(report, dict) else "test"
+
+
 def _metric_keys(record: dict[str, Any]) -> list[str]:
-    """The test metrics a record's cells read: one per evaluation set, else the main metric."""
-    sets = _eval_sets(record)
+    """The metrics a record's cells read: one per evaluation set, else the main metric."""
+    prefix, sets = reported(record), _eval_sets(record)
     if sets:
-        return [f"test/accuracy/{s}" for s in sets]
-    return [f"test/{record['main_metric']}"]
+        return [f"{prefix}/accuracy/{s}" for s in sets]
+    return [f"{prefix}/{record['main_metric']}"]
 
 
 def load_records(runs_dir: str | Path) -> Records:
@@ -149,10 +162,8 @@ def table_of(path: str | Path) -> str | None:
 
 def record_values(record: dict[str, Any]) -> dict[str, float]:
     """Column → value of one complete record (one column per evaluation set for multi-set tasks)."""
-    sets = _eval_sets(record)
-    if sets:
-        return {s: float(record["metrics"][f"test/accuracy/{s}"]) for s in sets}
-    return {str(record["task"]): float(record["metrics"][f"test/{record['main_metric']}"])}
+    columns = _eval_sets(record) or [str(record["task"])]
+    return {c: float(record["metrics"][k]) for c, k in zip(columns, _metric_keys(record), strict=True)}
 
 
 # ---------------------------------------------------------------------------------------------------- aggregation
@@ -187,58 +198,64 @@ class TableData:
     trainable: dict[str, list[tuple[int, float]]]  # row → (trainable count, % of model) per run
     records: list[dict[str, Any]]  # the records used
     superseded: list[str] = field(default_factory=list)  # older duplicates of a (row, task, seed), not used
-    averages: dict[tuple[str, str], Cell] = field(default_factory=dict)  # (row, AVERAGE|GROUP_AVERAGE) → cell
+    averages: dict[tuple[str, str], Cell] = field(default_factory=dict)  # (row, one of average_names) → cell
+    reported: dict[str, str] = field(default_factory=dict)  # row → its records' config.report.value
+    protocols: list[str] = field(default_factory=list)  # the records' config.table.protocol statements
 
     @property
     def average_names(self) -> list[str]:
-        return [a for a in (GROUP_AVERAGE, AVERAGE) if any(k[1] == a for k in self.averages)] or (
-            [GROUP_AVERAGE, AVERAGE] if vtab_groups(self.columns) else [AVERAGE])
+        """Average columns: VTAB-1k tables show the three group means, their mean and the 19-task mean."""
+        if is_vtab(self.columns):
+            return [*(GROUP_PREFIX + g for g in VTAB_GROUPS), GROUP_AVERAGE, AVERAGE]
+        return [AVERAGE]
 
 
-def vtab_groups(columns: Sequence[str]) -> dict[str, list[str]]:
-    """VTAB group → its columns present, when every column is a VTAB-1k task; else ``{}``."""
-    if not columns or not all(any(c in g for g in VTAB_GROUPS.values()) for c in columns):
-        return {}
-    return {name: [c for c in tasks if c in columns] for name, tasks in VTAB_GROUPS.items()}
+def is_vtab(columns: Sequence[str]) -> bool:
+    """Every column is a VTAB-1k task (then the table is framed by all 19 and gets the group means)."""
+    tasks = {t for g in VTAB_GROUPS.values() for t in g}
+    return bool(columns) and all(c in tasks for c in columns)
+
+
+def _seed_means(row: str, units: list[list[str]], cells: dict[tuple[str, str], Cell]) -> dict[int, float]:
+    """Per seed that has a value in EVERY column of ``units``: the mean over units of the mean within each unit."""
+    needed = [c for unit in units for c in unit]
+    seed_sets = [set(cells[(row, c)].values) if (row, c) in cells else set() for c in needed]
+    seeds = sorted(set.intersection(*seed_sets)) if seed_sets else []
+    return {s: statistics.fmean(statistics.fmean(cells[(row, c)].values[s] for c in unit) for unit in units)
+            for s in seeds}
 
 
 def _average_cells(row: str, columns: list[str], cells: dict[tuple[str, str], Cell]) -> dict[str, Cell]:
-    """Per-seed averages over all columns, only for seeds that have every column (else the average is missing).
+    """Per-seed averages, each only over seeds that have every task it names (else the average is missing).
 
-    ``AVERAGE`` is the plain mean over the tasks (commonsense/GLUE convention; VTAB "Mean19"), MNLI's matched and
-    mismatched columns counting as one task (AdaLoRA's GLUE "All Avg"; its QQP mean(acc, F1) is not reproduced:
-    our QQP column is accuracy only);
-    VTAB tables also get ``GROUP_AVERAGE``, the mean of the three group means (VPT/SPT convention).
+    ``AVERAGE`` is the plain mean over the table's columns (commonsense/GLUE convention; VTAB "Mean19"), MNLI's
+    matched and mismatched columns counting as one task (AdaLoRA's GLUE "All Avg"; its QQP mean(acc, F1) is not
+    reproduced: our QQP column is accuracy only). VTAB tables (framed by all 19 tasks) also get each group's mean
+    (``average_<group>``: every task of the group) and ``GROUP_AVERAGE``, the mean of the three group means
+    (VPT/SPT convention: all 19 tasks).
     """
-    seed_sets = [set(cells[(row, c)].values) if (row, c) in cells else set() for c in columns]
-    seeds = sorted(set.intersection(*seed_sets)) if seed_sets else []
-    if not seeds:
-        return {}
-    groups = vtab_groups(columns)
     units: dict[str, list[str]] = {}
     for c in columns:
         units.setdefault(SAME_TASK.get(c, c), []).append(c)
-    plain: dict[int, float] = {}
-    grouped: dict[int, float] = {}
-    for s in seeds:
-        plain[s] = statistics.fmean(statistics.fmean(cells[(row, c)].values[s] for c in unit)
-                                    for unit in units.values())
-        if groups:
-            grouped[s] = statistics.fmean(statistics.fmean(cells[(row, c)].values[s] for c in g)
-                                          for g in groups.values() if g)
-    out = {AVERAGE: Cell(plain)}
-    if groups:
-        out[GROUP_AVERAGE] = Cell(grouped)
-    return out
+    means = {AVERAGE: _seed_means(row, list(units.values()), cells)}
+    if is_vtab(columns):
+        means.update({GROUP_PREFIX + g: _seed_means(row, [[t] for t in tasks], cells)
+                      for g, tasks in VTAB_GROUPS.items()})
+        means[GROUP_AVERAGE] = _seed_means(row, [list(tasks) for tasks in VTAB_GROUPS.values()], cells)
+    return {name: Cell(values) for name, values in means.items() if values}
 
 
 def aggregate(records: Iterable[dict[str, Any]], table: str, columns: Sequence[str] = (),
               rows: Sequence[str] = ()) -> TableData:
     """Aggregate the complete records of ``table`` into cells (mean, sample std, n over seeds).
 
-    ``columns``/``rows`` fix the order and make expected cells visible as missing (e.g. from the paper's CSV);
-    columns and rows seen only in the records are appended. A (row, task, seed) run twice keeps the newest
-    record (by ``finished``); the older ones are listed in ``superseded``.
+    ``columns``/``rows`` fix the order and make expected cells visible as missing (the experiment's tasks, the
+    paper's CSV); columns and rows seen only in the records are appended; a VTAB-1k table is framed by all 19
+    tasks. A (row, task, seed) run twice keeps the newest record (by ``finished``); the older ones are listed in
+    ``superseded``.
+
+    Raises:
+        ConfigError: a row's records read different values (``config.report.value``): one row, one protocol.
     """
     newest: dict[tuple[str, str, str, int], dict[str, Any]] = {}
     superseded: list[str] = []
@@ -251,17 +268,27 @@ def aggregate(records: Iterable[dict[str, Any]], table: str, columns: Sequence[s
     cols, row_names = list(columns), list(rows)
     values: dict[tuple[str, str], dict[int, float]] = {}
     trainable: dict[str, list[tuple[int, float]]] = {}
+    kinds: dict[str, set[str]] = {}
     for rec in used:
         _, row, _, seed = cell_key(rec)
         if row not in row_names:
             row_names.append(row)
         trainable.setdefault(row, []).append((int(rec["params"]["trainable"]), float(rec["params"]["trainable_pct"])))
+        kinds.setdefault(row, set()).add(reported(rec))
         for col, value in record_values(rec).items():
             if col not in cols:
                 cols.append(col)
             values.setdefault((row, col), {})[seed] = value
+    mixed = {row: sorted(k) for row, k in kinds.items() if len(k) > 1}
+    if mixed:
+        raise ConfigError(f"table '{table}': row(s) {mixed} mix reported values (config.report.value); the records "
+                          "of one row must follow one protocol: rerun them or move the others away")
+    if is_vtab(cols):
+        cols = [*(t for g in VTAB_GROUPS.values() for t in g)]
     cells = {k: Cell(v) for k, v in values.items()}
-    data = TableData(table, row_names, cols, cells, trainable, used, superseded)
+    protocols = sorted({str(p) for r in used if (p := (r["config"].get("table") or {}).get("protocol"))})
+    data = TableData(table, row_names, cols, cells, trainable, used, superseded,
+                     reported={row: k.pop() for row, k in kinds.items()}, protocols=protocols)
     for row in row_names:
         for name, cell in _average_cells(row, cols, cells).items():
             data.averages[(row, name)] = cell
@@ -346,13 +373,14 @@ def table_paper_numbers(named: Path | None, table: str,
     return out
 
 
-def build_table(recs: Records, table: str, paper_dir: Path, mini: bool,
+def build_table(recs: Records, table: str, paper_dir: Path, mini: bool, columns: Sequence[str] = (),
                 ) -> tuple[TableData, dict[tuple[str, str, str], PaperValue]]:
-    """Aggregate one table; the paper's rows/columns frame a full table. A mini table keeps only its own rows and
-    shows no paper numbers: its model and data are not the paper's, so a paper value or Δ beside it would mislead."""
+    """Aggregate one table, framed by ``columns`` (the experiment's tasks, ``reproduce.table_columns``) and, for a
+    full table, the paper's rows and columns. A mini table keeps only its own rows and shows no paper numbers: its
+    model and data are not the paper's, so a paper value or Δ beside it would mislead."""
     if mini:
-        return aggregate(recs.complete, table, columns=[], rows=[]), {}
+        return aggregate(recs.complete, table, columns=columns, rows=[]), {}
     paper = table_paper_numbers(paper_file(recs.complete, table, paper_dir), table, paper_dir)
     rows = list(dict.fromkeys(k[1] for k in paper))
-    cols = [c for c in dict.fromkeys(k[2] for k in paper) if not c.startswith(("average", "trainable"))]
+    cols = [c for c in dict.fromkeys([*columns, *(k[2] for k in paper)]) if not c.startswith(("average", "trainable"))]
     return aggregate(recs.complete, table, columns=cols, rows=rows), paper

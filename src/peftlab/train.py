@@ -111,7 +111,8 @@ def build(cfg: DictConfig) -> tuple[PeftModule, TaskDataModule, ModelSpec]:
     print(f"[peftlab] method={method.name} model={spec.name} task={task.name}: "
           f"trainable {trainable:,} / {total:,} params ({100 * trainable / total:.4f}%)")
     task.setup(preprocessor, cfg.seed)
-    module = PeftModule(model, method, task, to_dict(cfg.optim), run_config=resume_fingerprint(cfg))
+    module = PeftModule(model, method, task, to_dict(cfg.optim), run_config=resume_fingerprint(cfg),
+                        select=OmegaConf.select(cfg, "report.select"))
     return module, TaskDataModule(task, cfg.get("num_workers", 0), cfg.seed), spec
 
 

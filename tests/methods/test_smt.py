@@ -251,7 +251,7 @@ def test_official_ratio_gives_863_blocks_on_llama_7b() -> None:
     with torch.device("meta"):
         model = transformers.LlamaForCausalLM(config)
     k = budget_blocks("ratio", 0.0084, 256, two_d_numel(model))
-    assert (k, k * 256 * 256) == (863, 56_557_568)  # smt.md: official README numbers
+    assert (k, k * 256 * 256) == (863, 56_557_568)  # HectorHHZ/Sparse_Matrix_Tuning README numbers
 
 
 def test_planned_trainable_matches_after_switch() -> None:

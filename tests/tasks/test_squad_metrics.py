@@ -1,5 +1,5 @@
 """SQuAD metrics: our v2.0 implementation against hand-computed values, the official definitions
-(/work/shared/protocols.md §3.2) and torchmetrics' SQuAD (the v1.1 definition)."""
+(evaluate-v2.0.py and huggingface/evaluate metrics/squad) and torchmetrics' SQuAD (the v1.1 definition)."""
 
 from __future__ import annotations
 

@@ -148,14 +148,14 @@ def test_nineteen_task_configs_compose_and_build() -> None:
 
 
 # ---- averages ----
-# Full FT row of protocols.md §4.4 (VPT numbers as quoted in DyT Table 3), table order.
+# Full FT row (VPT numbers as quoted in DyT Table 3, arXiv 2403.11808), table order.
 FULL_FT = [68.9, 87.7, 64.3, 97.2, 86.9, 87.4, 38.8, 79.7, 95.7, 84.2, 73.9,
            56.3, 58.6, 41.7, 65.5, 57.5, 46.7, 25.7, 29.1]
 
 
 def test_group_means_and_both_overall_means() -> None:
     s = vtab_summary(dict(zip(VTAB_TASKS, FULL_FT, strict=True)))
-    # protocols.md §4.4: Natural 75.89, Specialized 83.38, Structured 47.64; GroupMean 68.96; Mean19 65.57
+    # recomputed from that row: Natural 75.89, Specialized 83.38, Structured 47.64; GroupMean 68.96; Mean19 65.57
     assert [round(s[g], 2) for g in GROUPS] == [75.89, 83.38, 47.64]
     # 68.966 from these per-task values; the quoted 68.96 comes from the papers' unrounded per-task numbers
     assert s["mean_of_group_means"] == pytest.approx(68.96, abs=0.01)

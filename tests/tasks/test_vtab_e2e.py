@@ -73,8 +73,7 @@ def test_vtab_layout_end_to_end_and_report(tmp_path: Path) -> None:
     metrics = run(cfg)
     assert 0.0 <= metrics["test/top1"] <= 100.0
     found = collect(tmp_path / "runs")
-    assert list(found) == [("lora", "tiny_vit")]
-    assert found[("lora", "tiny_vit")] == {"kitti": [metrics["test/top1"]]}
+    assert found == {"lora tiny_vit": {"kitti": {0: metrics["test/top1"]}}}
     table = markdown_table(found)
     assert "KITTI-Dist" in table and "mean of 19 tasks" in table
     assert table.splitlines()[-1].count("–") == 18 + 3 + 2  # 18 tasks, 3 groups, 2 overall means missing

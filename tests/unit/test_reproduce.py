@@ -20,20 +20,55 @@ def _value(overrides: tuple[str, ...], key: str) -> str:
 
 def test_plan_expands_methods_tasks_budgets_seeds() -> None:
     p = rp.plan("capaboost_squad")
-    assert len(p.points) == 2 * 2 * 4 * 1  # methods × tasks × budgets × seeds
+    assert len(p.points) == (2 * 4 + 2 * 1) * 2 * 1  # (LoRA rows × 4 ranks + adapter rows × 1 rf) × tasks × seeds
     pt = next(x for x in p.points if x.method == "capaboost_lora" and x.task == "squad_v2" and x.budget == 4)
     assert _value(pt.overrides, "method") == "capaboost_lora"
     assert _value(pt.overrides, "method.r") == "4"
     assert _value(pt.overrides, "table.budget") == "4" and _value(pt.overrides, "table.budget_knob") == "r"
+    cited = {c.key: c for c in pt.cited}
+    assert cited["method.r"].value == 4 and "AdaLoRA" in cited["method.r"].source  # the budget entry's source
 
 
-def test_most_specific_override_wins() -> None:
-    points = rp.plan("capaboost_glue").points
-    cell = next(x for x in points if (x.method, x.task) == ("capaboost_lora", "rte"))
-    plain = next(x for x in points if (x.method, x.task) == ("lora", "rte"))
-    assert _value(cell.overrides, "method.lr") == "1.5e-3"  # the cell's value beats the task's 5.0e-4
-    assert _value(plain.overrides, "method.lr") == "5.0e-4"
-    assert _value(cell.overrides, "task.epochs") == "60"
+def test_most_specific_cited_value_wins_and_says_where_it_comes_from() -> None:
+    points = {(x.method, x.task): x for x in rp.plan("capaboost_glue").points if x.seed == 42}
+    qnli, rte, sst2 = points[("capaboost_lora", "qnli")], points[("lora", "rte")], points[("lora", "sst2")]
+    assert _value(qnli.overrides, "method.alpha") == "32"  # run_lora_qnli.sh beats run_lora.sh's 16
+    assert _value(qnli.overrides, "task.batch_size") == "64" and _value(rte.overrides, "task.batch_size") == "32"
+    assert (_value(rte.overrides, "method.lr"), _value(sst2.overrides, "method.lr")) == ("0.0015", "0.0001")
+    cited = {c.key: c for c in rte.cited}
+    assert cited["task.epochs"].value == 60 and "run_lora.sh" in cited["task.epochs"].source
+    assert cited["optim.weight_decay"].value == 0.01 and "--weight_decay 0.01" in cited["optim.weight_decay"].source
+    assert cited["table.sweep.seeds"].value == [42, 43, 44]
+
+
+def test_mini_overrides_beat_the_cited_values() -> None:
+    (pt,) = [x for x in rp.plan("capaboost_glue", mini=True, seeds=[0]).points if x.method == "lora"]
+    assert _value(pt.overrides, "task.max_length") == "64"  # mini, after run_lora.sh's 512
+    assert _value(pt.overrides, "method.r") == "8" and not pt.cited  # a mini point cites nothing
+
+
+def test_tasks_option_and_unknown_entries() -> None:
+    p = rp.plan("capaboost_glue", only_methods=["lora"], only_tasks=["rte"], seeds=[42])
+    assert [(x.method, x.task, x.seed) for x in p.points] == [("lora", "rte", 42)]
+    with pytest.raises(ConfigError, match=r"--tasks \['nope'\] not in table 'capaboost_glue'"):
+        rp.plan("capaboost_glue", only_tasks=["nope"])
+
+
+def test_cited_item_naming_an_unknown_row_is_refused(tmp_path: Path) -> None:
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF, conf)
+    path = conf / "experiment" / "capaboost_vtab.yaml"
+    path.write_text(path.read_text().replace("rows: [capaboost_lora]", "rows: [capaboost_lorra]"))
+    with pytest.raises(ConfigError, match=r"table.sweep.cited.capaboost: rows \['capaboost_lorra'\] are not entries"):
+        rp.plan("capaboost_vtab", conf=conf)
+
+
+def test_table_columns_follow_the_task_entries() -> None:
+    vtab = rp.table_columns("capaboost_vtab")
+    assert len(vtab) == 19 and vtab[:2] == ["vtab_cifar", "vtab_caltech101"] and vtab[-1] == "vtab_smallnorb_ele"
+    commonsense = rp.table_columns("smt_commonsense")
+    assert commonsense[:2] == ["boolq", "piqa"] and len(commonsense) == 8
+    assert rp.table_columns("capaboost_glue", mini=True) == ["synthetic_pairs"]
 
 
 def test_mini_replaces_tasks_seeds_and_adds_overrides() -> None:

@@ -14,7 +14,16 @@ import pytest
 
 from peftlab.errors import ConfigError
 from peftlab.table_render import Header, render_csv, render_markdown
-from peftlab.tables import AVERAGE, GROUP_AVERAGE, VTAB_GROUPS, aggregate, cell_key, load_paper_numbers, load_records
+from peftlab.tables import (
+    AVERAGE,
+    GROUP_AVERAGE,
+    GROUP_PREFIX,
+    VTAB_GROUPS,
+    aggregate,
+    cell_key,
+    load_paper_numbers,
+    load_records,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER_HEADER = "table,row,task,metric,value,paper,arxiv,source_table,version,note\n"
@@ -30,8 +39,10 @@ def load_script(name: str) -> ModuleType:
 
 def make_record(task: str, row: str, seed: int, value: float | dict[str, float], table: str = "t",
                 status: str = "complete", method: str | None = None, trainable: int = 1000,
-                total: int = 100_000, finished: str = "2025-01-01T00:00:00+00:00") -> dict[str, Any]:
-    """A run record as src/peftlab/train.py writes it (the fields tables read)."""
+                total: int = 100_000, finished: str = "2025-01-01T00:00:00+00:00",
+                val_best: float | None = None) -> dict[str, Any]:
+    """A run record as src/peftlab/train.py writes it (the fields tables read); ``val_best``: a run whose
+    ``config.report.value`` is ``val_best``, with that best-epoch dev value."""
     task_cfg: dict[str, Any] = {"name": task}
     metrics: dict[str, float]
     if isinstance(value, dict):  # multi-set task (commonsense): one metric per evaluation set
@@ -46,6 +57,9 @@ def make_record(task: str, row: str, seed: int, value: float | dict[str, float],
         "seed": seed, "config": {"table": {"name": table, "row": row, "paper_numbers": None}, "task": task_cfg},
         "git": {"commit": "abc123", "dirty": False},
     }
+    if val_best is not None:
+        rec["config"]["report"] = {"value": "val_best", "select": None}
+        metrics[f"val_best/{main}"] = val_best
     if status == "complete":
         rec.update(metrics=metrics, main_metric=main, finished=finished,
                    params={"trainable": trainable, "total": total, "trainable_pct": 100 * trainable / total})
@@ -199,3 +213,78 @@ def test_plot_budget_script(tmp_path: Path) -> None:
     assert [p.pct for p in lora] == [0.1, 0.2, 0.4]  # sorted by budget
     assert [p.mean for p in lora] == [60.5, 62.5, 63.0] and all(p.n == 2 for p in lora)
     assert series["smt"][0].std == pytest.approx(statistics.stdev([70.0, 72.0]))
+
+
+def test_cells_read_the_value_their_protocol_reports(tmp_path: Path) -> None:
+    """A val_best run (the released GLUE scripts' best dev epoch) is read from val_best/<metric>, not test/."""
+    for seed in (0, 1):
+        write(tmp_path, make_record("rte", "lora", seed, 70.0, val_best=80.0 + seed))
+    write(tmp_path, make_record("rte", "smt", 0, 60.0))
+    data = aggregate(load_records(tmp_path).complete, "t")
+    assert data.cells[("lora", "rte")].values == {0: 80.0, 1: 81.0} and data.cells[("smt", "rte")].values == {0: 60.0}
+    assert data.reported == {"lora": "val_best", "smt": "test"}
+    md = render_markdown(data, {}, Header("cmd", "today", 3, [], [], ["rte"]))
+    assert "Reported value of rows lora: the dev score at the best epoch" in md
+    assert "Reported value of rows smt: the test split after the last epoch" in md
+    rows = {(r["row"], r["column"]): r for r in __import__("csv").DictReader(render_csv(data, {}).splitlines())}
+    assert rows[("lora", "rte")]["reported"] == "val_best" and rows[("smt", "rte")]["reported"] == "test"
+
+
+def test_a_row_mixing_reported_values_is_refused(tmp_path: Path) -> None:
+    write(tmp_path, make_record("rte", "lora", 0, 70.0, val_best=80.0))
+    write(tmp_path, make_record("mrpc", "lora", 0, 70.0))
+    with pytest.raises(ConfigError, match=r"row\(s\) \{'lora': \['test', 'val_best'\]\} mix reported values"):
+        aggregate(load_records(tmp_path).complete, "t")
+
+
+def test_vtab_averages_only_over_every_task_they_name(tmp_path: Path) -> None:
+    """3 VTAB records: the table is framed by the 19 tasks and shows no average (not a partial '19-task mean');
+    a group mean appears once every task of that group is there."""
+    natural = VTAB_GROUPS["natural"]
+    for t in natural[:3]:
+        write(tmp_path, make_record(t, "lora", 0, 40.0 + natural.index(t) * 5))
+    data = aggregate(load_records(tmp_path).complete, "t")
+    assert len(data.columns) == 19 and data.averages == {}
+    assert data.average_names == [*(GROUP_PREFIX + g for g in VTAB_GROUPS), GROUP_AVERAGE, AVERAGE]
+    md = render_markdown(data, {}, Header("cmd", "today", 3, [], [], list(natural[:3])))
+    assert "| Natural (7) | Specialized (4) | Structured (8) | Avg (groups) | Avg |" in md
+    assert md.count("missing") >= 16 + 5  # 16 absent tasks + 5 averages
+    for t in natural[3:]:
+        write(tmp_path, make_record(t, "lora", 0, 70.0))
+    data = aggregate(load_records(tmp_path).complete, "t")
+    assert set(data.averages) == {("lora", GROUP_PREFIX + "natural")}
+    assert data.averages[("lora", GROUP_PREFIX + "natural")].mean == pytest.approx((40 + 45 + 50 + 4 * 70) / 7)
+
+
+def test_make_tables_frames_a_table_by_its_experiment_tasks(tmp_path: Path) -> None:
+    """A table without paper numbers still names the experiment's columns: no average over the present ones."""
+    make_tables = load_script("make_tables")
+    write(tmp_path / "runs", make_record("squad", "lora r=1", 42, 90.0, table="capaboost_squad"))
+    out = tmp_path / "tables"
+    assert make_tables.main(["--runs", str(tmp_path / "runs"), "--out", str(out), "--paper-dir", str(tmp_path)]) == 0
+    (line,) = [x for x in (out / "capaboost_squad.md").read_text().splitlines() if x.startswith("| lora r=1 | ours")]
+    assert line.startswith("| lora r=1 | ours | 90.00 ± – (1) | missing | missing |"), line  # squad, squad_v2, Avg
+
+
+def test_vision_report_one_value_per_row_task_seed(tmp_path: Path) -> None:
+    """vision.report: a rerun of the same task and seed replaces the older run (not a second seed); runs whose
+    settings differ are different rows, labelled with what differs."""
+    from peftlab.tasks.vision.report import collect, markdown_table
+
+    def vtab(folder: str, seed: int, value: float, lr: float, finished: str) -> dict[str, Any]:
+        rec = make_record(f"vtab_{folder}", "lora", seed, value, finished=finished)
+        rec["metrics"] = {"test/top1": value}
+        rec["main_metric"] = "top1"
+        rec["config"]["task"] = {"name": f"vtab_{folder}", "family": "vtab", "folder": folder, "num_classes": 47}
+        rec["config"]["method"] = {"name": "lora", "lr": lr, "mask_seed": seed}
+        return rec
+
+    write(tmp_path, vtab("dtd", 0, 50.0, 1e-3, "2025-01-01"), "a.json")
+    write(tmp_path, vtab("dtd", 0, 60.0, 1e-3, "2025-01-02"), "b.json")  # rerun of seed 0: replaces 50
+    write(tmp_path, vtab("dtd", 1, 64.0, 1e-3, "2025-01-03"), "c.json")
+    write(tmp_path, vtab("dtd", 0, 10.0, 5e-2, "2025-01-04"), "d.json")  # other lr: another row
+    found = collect(tmp_path)
+    assert found == {"lora tiny_bert (method.lr=0.001)": {"dtd": {0: 60.0, 1: 64.0}},
+                     "lora tiny_bert (method.lr=0.05)": {"dtd": {0: 10.0}}}
+    line = next(x for x in markdown_table(found).splitlines() if "method.lr=0.001" in x)
+    assert "| 62.0 |" in line and line.endswith("| 2 |")

@@ -1,7 +1,7 @@
 """Alpaca-style prompts of LLM-Adapters (Hu et al., 2023) and the label masking used to train on them.
 
-The templates are reproduced character for character from LLM-Adapters @ 8166572 (see
-``shared/protocols.md`` §1.2), quirks included, because a different whitespace is a different token
+The templates are reproduced character for character from LLM-Adapters @ 8166572 (``finetune.py`` and
+``commonsense_evaluate.py`` ``generate_prompt``), quirks included, because a different whitespace is a different token
 sequence for the LLM:
 
 - training (``finetune.py``, ``generate_prompt``): two spaces after "request.", 16 spaces of

@@ -1,7 +1,7 @@
 """The commonsense task family: train a causal LM on commonsense_170k, evaluate by generation on 8 sets.
 
 Protocol (LLM-Adapters ``finetune.py`` / ``commonsense_evaluate.py``; SMT and DoRA report it; details
-and sources in ``shared/protocols.md`` §1 and docs/commonsense.md):
+in docs/commonsense.md):
 
 - training text = the Alpaca training template + "the correct answer is <label>" + EOS, truncated to
   ``cutoff_len`` (256 in LLM-Adapters/DoRA, 2048 in the SMT code); loss on the response only

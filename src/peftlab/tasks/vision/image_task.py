@@ -1,7 +1,7 @@
 """Image classification, shared by VTAB-1k and the offline ``digits`` task.
 
 A subclass only says where its ``(image, label)`` pairs come from (:meth:`ImageClassificationTask.load_items`);
-transform, batching, loss (cross-entropy, no label smoothing: protocols.md §4.2), predictions and
+transform, batching, loss (cross-entropy, no label smoothing: NOAH's ``--smoothing=0``), predictions and
 the metric (top-1 accuracy, in percent) are here. The model is a timm classifier: ``model(pixels)``
 returns logits. ``setup`` receives the backbone's timm data config (see ``peftlab.train.build``).
 """
@@ -26,7 +26,7 @@ from peftlab.tasks.vision.transforms import INTERPOLATIONS, NORMALIZATIONS, imag
 
 ImageSource = str | Path | Image.Image  # a file to open lazily, or an image already in memory
 Item = tuple[ImageSource, int]
-# VTAB-1k's list names (protocols.md §4.1); every image task here offers the same four subsets
+# VTAB-1k's list names (NOAH data/vtab-source/get_vtab1k.py); every image task here offers the same four subsets
 SUBSETS = ("train800", "val200", "train800val200", "test")
 
 

@@ -1,7 +1,7 @@
 """The image pipeline of the VTAB-1k protocol: direct resize to the backbone's input size, no augmentation.
 
 NOAH/SPT/SSF train and test with ``--direct_resize --no_aug``: ``Resize((224, 224), bicubic)`` (then a
-no-op ``CenterCrop(224)``), ``ToTensor``, ``Normalize`` (protocols.md §4.2). Train and eval images
+no-op ``CenterCrop(224)``), ``ToTensor``, ``Normalize`` (NOAH lib/datasets.py). Train and eval images
 therefore go through the same transform. Size, interpolation and normalisation come from the
 backbone's timm data config (``timm.data.resolve_model_data_config``) unless overridden: the original
 ViT-B/16 IN-21k weights (``vit_base_patch16_224.orig_in21k``) expect mean = std = 0.5 (the

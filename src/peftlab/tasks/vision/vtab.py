@@ -1,7 +1,7 @@
 """VTAB-1k (Zhai et al., 2019, arXiv 1910.04867): 19 image-classification tasks in 3 groups, 1,000 training images each.
 
 Data layout: the prepared copy that NOAH/SPT's ``data/vtab-source/get_vtab1k.py`` writes and SSF's
-archive ships (protocols.md §4.1), one folder per task under ``data_root``::
+archive ships, one folder per task under ``data_root``::
 
     <data_root>/<folder>/train800.txt  val200.txt  train800val200.txt  test.txt  images/...
 
@@ -40,7 +40,8 @@ class VtabTaskInfo:
     test_size: int
 
 
-# Folders as NOAH/SPT/SSF name them; #classes and test sizes: protocols.md §4.1/§4.3 (task_adaptation splits).
+# Folders as NOAH/SPT/SSF name them; #classes and test sizes: google-research/task_adaptation's
+# split definitions (as forked in NOAH/SPT data/vtab-source/).
 VTAB_TASKS: dict[str, VtabTaskInfo] = {t.folder: t for t in (
     VtabTaskInfo("cifar", "CIFAR-100", "natural", 100, 10_000),
     VtabTaskInfo("caltech101", "Caltech101", "natural", 102, 6_084),
