@@ -4,16 +4,16 @@ Usage:
     python scripts/memory_paper_scale.py                      # the three protocols below (~20 min on one CPU core)
     python scripts/memory_paper_scale.py --models llama_7b --out /tmp/mem
 
-Every row is :func:`peftlab.memory.predict_config` (docs/memory.md) for one method of a paper table, with the
-method settings of the experiment files (``conf/experiment/<table>.yaml`` ``table.sweep.methods``, the lists
-``scripts/reproduce.py`` runs) plus full fine-tuning, CapaBoost and SMT's warm-up modes:
+Every row is :func:`peftlab.memory.predict_config` (docs/memory.md) for one row of a paper table, with the
+overrides ``scripts/reproduce.py`` runs for it (``peftlab.reproduce.plan``: the experiment file's entries and
+cited settings) plus full fine-tuning, CapaBoost and SMT's ``grad_only`` warm-up on the same harness:
 
 - LLaMA-7B and LLaMA3-8B at the commonsense protocol (``experiment=smt_commonsense``: batch 16, cutoff 256,
   bf16-mixed) with gradient checkpointing, as the official SMT code trains (HectorHHZ/Sparse_Matrix_Tuning
   ``deepspeed/fine_tune.py``: ``model.gradient_checkpointing_enable()``) and the DoRA scripts
   (``--use_gradient_checkpointing``); LLaMA-7B also with the sparse peers of ``experiment=sparse_peers``;
-- DeBERTaV3-base at the GLUE protocol of the CapaBoost scripts (``experiment=capaboost_glue``: batch 32, max
-  length 512, bf16-mixed, no checkpointing).
+- DeBERTaV3-base at the GLUE protocol of the CapaBoost scripts (``experiment=capaboost_glue``, RTE: LoRA rows
+  batch 32 × 512, adapter rows 64 × 256, fp16 autocast, no checkpointing).
 
 Ratios are to full fine-tuning's and LoRA's peaks in the same table; "fits" lists the GPU sizes (GiB) whose
 memory holds the predicted peak of allocated tensors (the CUDA context, ~0.5 GiB, and allocator slack are extra).
@@ -27,73 +27,86 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from peftlab import results
 from peftlab.budget import compose
-from peftlab.memory import GiB, MemorySetting, Prediction, fits, predict_config
+from peftlab.memory import GiB, MemorySetting, Prediction, fits, memory_setting, predict_config, split_overrides
+from peftlab.reproduce import plan
 
 ROOT = Path(__file__).resolve().parents[1]
 SMT_CLAIM = 0.33  # SMT paper (arXiv 2405.15525): 67% less GPU memory than full fine-tuning on LLaMA-7B
-CAPABOOST_LLAMA = ["method=capaboost_lora", "method.r=32", "method.alpha=64", "method.d=2", "method.density=0.5",
-                   "method.targets=[q,k,v,up,down]"]  # LoRA r32's stored count, 2 masked copies
 
 
 @dataclass
 class Protocol:
     model: str
     title: str
-    experiment: str
+    table: str  # the experiment file whose harness (task, batch, length, precision) the rows use
+    task: str  # the table's task entry
     checkpointing: bool
-    rows: dict[str, list[str]] = field(default_factory=dict)  # row label → overrides
+    rows: dict[str, list[str]] = field(default_factory=dict)  # row label → overrides (after experiment=<table>)
 
 
 WARMUP_ONLY = "SMT, grad_only warm-up"  # this row shows only its warm-up: its block phase is the smt row's
+CAPABOOST_LLAMA = ["method=capaboost_lora", "method.d=2", "method.density=0.5"]  # on LoRA r32's row: same storage
 
 
-def sweep(experiment: str, names: list[str] | None = None) -> dict[str, list[str]]:
-    """The method overrides of an experiment file's ``table.sweep.methods`` (all, or ``names``)."""
-    methods = OmegaConf.to_container(compose([f"experiment={experiment}"]).table.sweep.methods, resolve=False)
-    return {k: [o for o in v if not o.startswith("table.")] for k, v in methods.items() if names is None or k in names}
+def points(table: str, task: str, methods: list[str] | None = None) -> dict[str, list[str]]:
+    """Row id → the overrides ``scripts/reproduce.py`` runs for that row of ``table`` at ``task`` (first seed)."""
+    found: dict[str, list[str]] = {}
+    for point in plan(table).points:
+        if point.task == task and (methods is None or point.method in methods):
+            found.setdefault(point.method, [o for o in point.overrides if not o.startswith("table.")])
+    return found
+
+
+def harness(overrides: list[str]) -> list[str]:
+    """A row's overrides without its method settings: the task, batch and length it runs at."""
+    return [o for o in overrides if not o.startswith("method")]
 
 
 def protocols() -> list[Protocol]:
-    paper = sweep("smt_commonsense")
-    llama = {"full FT": ["method=full"], "full FT, DeepSpeed bf16 layout": ["method=full", "precision=bf16-master"],
-             **paper, WARMUP_ONLY: [*paper["smt"], "method.warmup_mode=grad_only"], "capaboost_lora": CAPABOOST_LLAMA}
-    peers = sweep("sparse_peers", ["shira", "supertuning", "spiel", "spt_lora", "s2ft", "lisa", "ssf"])
-    deberta = {"full FT": ["method=full"], **sweep("capaboost_glue"), "smt": ["method=smt", "method.budget=0.0084"],
-               WARMUP_ONLY: ["method=smt", "method.budget=0.0084", "method.warmup_mode=grad_only"]}
-    return [Protocol("llama_7b", "LLaMA-7B, commonsense protocol", "smt_commonsense", True, {**llama, **peers}),
-            Protocol("llama3_8b", "LLaMA3-8B, commonsense protocol", "smt_commonsense", True, llama),
+    paper = points("smt_commonsense", "commonsense")
+    base = harness(paper["lora"])
+    llama = {"full FT": [*base, "method=full"], "full FT, DeepSpeed bf16 layout": [*base, "method=full",
+                                                                                  "precision=bf16-master"],
+             **paper, WARMUP_ONLY: [*paper["smt"], "method.warmup_mode=grad_only"],
+             "capaboost_lora": [*paper["lora"], *CAPABOOST_LLAMA]}
+    peers = points("sparse_peers", "commonsense", ["shira", "supertuning", "spiel", "spt_lora", "s2ft", "lisa", "ssf"])
+    glue = points("capaboost_glue", "rte")
+    smt = [*harness(glue["lora"]), "method=smt", "method.budget=0.0084"]
+    deberta = {"full FT": [*harness(glue["lora"]), "method=full"], **glue, "smt": smt,
+               WARMUP_ONLY: [*smt, "method.warmup_mode=grad_only"]}
+    return [Protocol("llama_7b", "LLaMA-7B, commonsense protocol", "smt_commonsense", "commonsense", True,
+                     {**llama, **peers}),
+            Protocol("llama3_8b", "LLaMA3-8B, commonsense protocol", "smt_commonsense", "commonsense", True, llama),
             Protocol("deberta_v3_base", "DeBERTaV3-base, GLUE protocol (CapaBoost scripts, RTE)", "capaboost_glue",
-                     False, deberta)]
+                     "rte", False, deberta)]
 
 
 def predict_row(p: Protocol, overrides: list[str]) -> tuple[MemorySetting, Prediction]:
-    settings = {o.split("=", 1)[0]: o.split("=", 1)[1] for o in overrides if o.startswith("precision=")}
-    cfg = compose([f"experiment={p.experiment}", f"model={p.model}",
-                   *(o for o in overrides if not o.startswith("precision="))])
-    seq = next(cfg.task[k] for k in ("cutoff_len", "max_length") if cfg.task.get(k))
-    setting = MemorySetting(batch=cfg.task.batch_size, seq=seq, precision=settings.get("precision", "bf16-mixed"),
-                            grad_checkpointing=p.checkpointing)
+    """The prediction for one row: the experiment's harness, the row's overrides, the protocol's model; precision
+    from the experiment (``trainer.precision``) unless the row names one."""
+    hydra, settings = split_overrides([f"experiment={p.table}", *overrides, f"model={p.model}"])
+    cfg = compose(hydra)
+    setting = memory_setting(cfg, {"precision": cfg.trainer.precision,
+                                   "grad_checkpointing": str(p.checkpointing).lower(), **settings})
     return setting, predict_config(cfg, setting)
 
 
 def section(p: Protocol, rows: list[dict[str, Any]]) -> str:
     full = next(r for r in rows if r["label"] == "full FT")["peak"]
     lora = next(r for r in rows if r["label"] == "lora")["peak"]
-    first = rows[0]
-    lines = [f"## {p.title}: {first['inputs']}, {first['precision']}, gradient checkpointing "
-             f"{'on' if p.checkpointing else 'off'}", "",
-             "| row | trainable | phase | frozen | trained | master | grads | AdamW | method (device) | activations "
-             "| peak GiB | × full FT | × LoRA | fits (GiB) |", "|" + "---|" * 14]
+    lines = [f"## {p.title} (`experiment={p.table}`), gradient checkpointing {'on' if p.checkpointing else 'off'}",
+             "", "GiB on one device by kind, for each phase of the row:", "",
+             "| row | batch × seq | precision | trainable | phase | frozen | trained | master | grads | AdamW "
+             "| method (device) | activations | peak GiB | × full FT | × LoRA | fits (GiB) |", "|" + "---|" * 16]
     for r in rows:
         for phase, s in r["phases"].items():
             if r["label"] == WARMUP_ONLY and phase == "block training":
                 continue
             g = {k: f"{v / GiB:.2f}" for k, v in s.items() if k not in ("peak", "moments")}
-            lines.append(f"| {r['label']} | {r['trainable']:,} | {phase} | {g['frozen_weights']} | "
+            lines.append(f"| {r['label']} | {r['shape']} | {r['precision']} | {r['trainable']:,} | {phase} | "
+                         f"{g['frozen_weights']} | "
                          f"{g['trained_params']} | {g['master_copies']} | {g['gradients']} | {g['optimizer_state']} | "
                          f"{g['method_state']} | {g['activations']} | **{s['peak'] / GiB:.2f}** | "
                          f"{s['peak'] / full:.3f} | {s['peak'] / lora:.3f} | {fits(s['peak'])} |")
@@ -133,7 +146,8 @@ def main() -> None:
             phases = {pred.labels[k]: {**s.by_kind(), "peak": s.peak, "moments": s.moments}
                       for k, s in pred.phases.items()}
             rows.append({"label": label, "overrides": overrides, "trainable": pred.phases["train"].trainable,
-                         "precision": setting.precision, "inputs": pred.inputs, "notes": pred.notes,
+                         "precision": setting.precision, "shape": f"{setting.batch} × {setting.seq}",
+                         "inputs": pred.inputs, "notes": pred.notes,
                          "peak": pred.peak, "phases": phases})
             print(f"{p.model} {label}: peak {pred.peak / GiB:.2f} GiB", flush=True)
         record["protocols"][p.model] = rows

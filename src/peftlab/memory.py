@@ -11,13 +11,14 @@ How each part is obtained (docs/memory.md):
   gives it. The rule (``precision=bf16-mixed``, the GPU trainer): frozen weights stay in the model's load dtype
   (bf16 for the LLaMA configs), every trained tensor is an fp32 parameter, so its gradient is fp32 and AdamW
   keeps two fp32 moments (+ a 4-byte step count per tensor); there is no separate master copy (the fp32
-  parameters are the master). ``precision=bf16-master`` is the DeepSpeed bf16 layout of the official SMT code
-  (HectorHHZ/Sparse_Matrix_Tuning ``deepspeed/fine_tune.py``, ZeRO ``bf16``): every weight bf16, bf16
-  gradients, an fp32 master copy of the trained weights and fp32 Adam moments, no autocast.
+  parameters are the master). ``16-mixed`` is the same layout under fp16 autocast. ``precision=bf16-master``
+  is the DeepSpeed bf16 layout of the official SMT code (HectorHHZ/Sparse_Matrix_Tuning
+  ``deepspeed/fine_tune.py``, ZeRO ``bf16``): every weight bf16, bf16 gradients, an fp32 master copy of the
+  trained weights and fp32 Adam moments, no autocast.
 - **Method state**: tensors the method adds as buffers (CapaBoost masks, SHiRA/SpIEL indices, SMT block
   coordinates) are counted from the model; tensors a method holds outside the model come from a per-method
-  planner (:data:`PLANNERS`): SMT's fp32 warm-up gradient sums (on the device, or in CPU memory with
-  ``offload=true``, the GPU default), SPT's fp32 sensitivity sums, SpIEL's candidates, AdaLoRA's importance
+  planner (:data:`PLANNERS`): SMT's fp32 warm-up gradient sums (on the device, or in CPU memory: the default
+  on a GPU, as the official code), SPT's fp32 sensitivity sums, SpIEL's candidates, AdaLoRA's importance
   scores.
 - **Activations** are not a formula: the training forward runs once on fake tensors of the real shape
   (``torch._subclasses.FakeTensorMode`` on the CPU device, so kernels such as the fused attention are chosen
@@ -65,7 +66,8 @@ from peftlab.methods.lisa import transformer_blocks
 from peftlab.models import ModelSpec
 from peftlab.train import validate_config
 
-PRECISIONS = ("bf16-mixed", "32-true", "bf16-master")
+PRECISIONS = ("bf16-mixed", "16-mixed", "32-true", "bf16-master")
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # Lightning's mixed precisions
 FP32 = 4  # bytes of an fp32 element (trained parameters, their gradients, Adam moments, gradient sums)
 GiB = 2**30
 
@@ -354,8 +356,8 @@ def _is_weight_copy(t: torch.Tensor) -> bool:
             and hasattr(fn.next_functions[0][0], "variable"))
 
 
-def measure_activations(model: nn.Module, batch: Batch, loss_fn: LossFn, autocast: bool, mode: FakeTensorMode
-                        ) -> Activations:
+def measure_activations(model: nn.Module, batch: Batch, loss_fn: LossFn, autocast: torch.dtype | None,
+                        mode: FakeTensorMode) -> Activations:
     """Run the training forward of ``model`` (fake tensors) once and account for what it saves for backward."""
     _, blocks = transformer_blocks(model, None)
     exclude = {_key(t) for t in itertools.chain(model.parameters(), model.buffers())}
@@ -386,7 +388,7 @@ def measure_activations(model: nn.Module, batch: Batch, loss_fn: LossFn, autocas
                                                          b.register_forward_hook(leave))]
     try:
         with mode, _EverythingSelected(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-                torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
             loss_fn(model, batch)
     finally:
         for h in handles:
@@ -463,7 +465,7 @@ def predict(spec: ModelSpec, method_node: DictConfig | dict[str, Any], head: str
             _set_dtypes(model, dict.fromkeys(params, torch.bfloat16), mode)
         else:  # the precision rule: trained tensors fp32, frozen ones in their load dtype
             _set_dtypes(model, {i: torch.float32 if i in trained else load[i] for i in params}, mode)
-        acts = measure_activations(model, batch, loss_fn, setting.precision == "bf16-mixed", mode)
+        acts = measure_activations(model, batch, loss_fn, AUTOCAST.get(setting.precision), mode)
         phases[phase.key] = _split(model, phase, setting, acts, backbone_buffers)
         labels[phase.key] = phase.label
         _set_dtypes(model, load, mode)  # load dtypes again before the next phase restructures the model
