@@ -171,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", help="target trainable count: 56.1M, 300k, 1.2e6, or 0.83%% of the base model")
     parser.add_argument("--match", nargs="+", metavar="OVERRIDE",
                         help="target = the trainable count of these overrides on the same model and task")
-    parser.add_argument("--memory", action="store_true", help="predicted training memory (docs/memory.md); takes "
-                        "batch= seq= precision= grad_checkpointing= device= offload= foreach= among the overrides")
+    parser.add_argument("--memory", action="store_true", help="predicted training memory (docs/memory.md); "
+                        "settings batch= seq= precision= grad_checkpointing= ... among the overrides")
     args = parser.parse_intermixed_args(argv)
     try:
         if args.memory:

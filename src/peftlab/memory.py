@@ -86,6 +86,7 @@ class MemorySetting:
     device: str = "cuda"  # where the run trains; decides the two defaults below
     offload: bool | None = None  # SMT's warm-up gradient sums in CPU memory; None: on an accelerator (official)
     foreach: bool | None = None  # AdamW's multi-tensor step; None: torch's default (on CUDA)
+    optimizer_offload: bool = False  # ZeRO-Offload: master copies and Adam moments in CPU memory, the step on the CPU
 
     def __post_init__(self) -> None:
         for key in ("batch", "seq"):
@@ -111,7 +112,7 @@ class Split:
     optimizer_state: int = 0  # AdamW: two fp32 moments + a step count per trained tensor
     method_state: int = 0  # buffers the method adds + tensors it holds on the device
     activations: int = 0  # saved for backward at the end of the forward (see the module docstring)
-    offloaded: int = 0  # method state held in CPU memory (not part of the device peak)
+    offloaded: int = 0  # held in CPU memory, not part of the device peak (SMT's sums; the optimizer when offloaded)
     moments: dict[str, int] = field(default_factory=dict)  # device bytes at each moment of a step (peak = max)
 
     def by_kind(self) -> dict[str, int]:
@@ -421,12 +422,16 @@ def _split(model: nn.Module, phase: Phase, setting: MemorySetting, acts: Activat
         s.activations = acts.block_inputs + acts.outside + acts.weight_copies
     else:
         s.activations = acts.total
+    if setting.optimizer_offload:  # DeepSpeed's CPU Adam: the master and the moments live and step in CPU memory
+        s.offloaded += s.master_copies + s.optimizer_state
+        s.master_copies = s.optimizer_state = 0
     states = s.frozen_weights + s.trained_params + s.master_copies + s.optimizer_state + s.method_state
-    largest = max([p.numel() * FP32 for p in trained], default=0)
+    largest = max([p.numel() * FP32 for p in trained], default=0) if not setting.optimizer_offload else 0
     probe = max([p.numel() * p.itemsize for p in params if id(p) in phase.probed], default=0)
     s.moments = {"end of forward": states + s.activations,
                  "start of backward": states + s.activations - acts.weight_copies + 2 * acts.largest_outside + probe,
-                 "optimizer step": states + s.gradients + (FP32 * _numel(trained) if setting.foreach else largest)}
+                 "optimizer step": states + s.gradients + (FP32 * _numel(trained) if setting.foreach
+                                                           and not setting.optimizer_offload else largest)}
     if setting.grad_checkpointing:
         s.moments["block recompute"] = (states + acts.block_inputs + max(acts.per_block, default=0) + s.gradients
                                         + probe)
@@ -486,7 +491,7 @@ GPUS = (24, 40, 80)  # GiB sizes of common GPUs
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
     """Hydra overrides apart from the memory settings (``batch= seq= precision= grad_checkpointing= device=
-    offload= foreach=``)."""
+    offload= foreach= optimizer_offload=``)."""
     keys = {f.name for f in dataclasses.fields(MemorySetting)}
     hydra, settings = [], {}
     for item in overrides:
@@ -554,7 +559,7 @@ def describe(cfg: DictConfig, setting: MemorySetting, pred: Prediction) -> str:
         s = pred.phases[p]
         moment = max(s.moments, key=lambda m: s.moments[m])
         lines.append(f"peak of {pred.labels[p]}: {gib(s.peak)} GiB at the {moment}"
-                     + (f"; + {gib(s.offloaded)} GiB of method state in CPU memory" if s.offloaded else ""))
+                     + (f"; + {gib(s.offloaded)} GiB in CPU memory" if s.offloaded else ""))
     lines.append(f"peak: {gib(pred.peak)} GiB (fits one GPU of: {fits(pred.peak)} GiB)")
     lines += [f"assumed: {n}" for n in pred.notes]
     return "\n".join(lines)
