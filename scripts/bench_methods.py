@@ -85,7 +85,7 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
                           num_key_value_heads=args.kv_heads or args.heads, vocab_size=args.vocab)
     node["dtype"] = "bfloat16" if args.precision == "bf16-mixed" else "float32"  # frozen weights' load dtype
     node["gradient_checkpointing"] = args.grad_checkpointing
-    return build_dataclass(ModelSpec, node, "bench model")
+    return build_dataclass(ModelSpec, node, "bench model", "model")
 
 
 def method_node(setting: dict[str, Any], fill: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from peftlab import reproduce as rp
-from peftlab.errors import ConfigError
+from peftlab.errors import EXIT_FAILED, ConfigError
+from peftlab.sweep import collect, summary
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -84,14 +85,37 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.launcher:  # each call waits on its cluster jobs: submit all groups at once
         procs = [subprocess.Popen(c, cwd=rp.ROOT) for c in cmds]
-        failed = sum(p.wait() != 0 for p in procs)
+        codes = [p.wait() for p in procs]
     else:
-        failed = sum(subprocess.run(c, cwd=rp.ROOT).returncode != 0 for c in cmds)
-    if failed:
-        print(f"[reproduce] {failed} multirun(s) failed; their runs stay missing (rerun to resume)", file=sys.stderr)
+        codes = [subprocess.run(c, cwd=rp.ROOT).returncode for c in cmds]
+    failed = report_failures(args.table, cmds, codes)
     if not args.no_tables:
-        rebuild(args.table, runs_dir, args.mini)
-    return 1 if failed else 0
+        if rp.pending(plan, rp.done_keys(rp.ROOT / runs_dir)) == plan.points:
+            print(f"[reproduce] no complete run of table '{args.table}' in {runs_dir}: table not written",
+                  file=sys.stderr)
+        else:
+            rebuild(args.table, runs_dir, args.mini)
+    return EXIT_FAILED if failed else 0
+
+
+def report_failures(table: str, cmds: list[list[str]], codes: list[int]) -> bool:
+    """Print which runs of the multiruns ``cmds`` failed and why (their job outcomes, peftlab/sweep.py), and each
+    multirun that failed before any job ran; True when anything failed."""
+    outcomes = {}
+    for cmd in cmds:
+        sweep_dir = next(a.split("=", 1)[1] for a in reversed(cmd) if a.startswith("hydra.sweep.dir="))
+        outcomes[rp.shell(cmd)] = collect(rp.ROOT / sweep_dir)
+    lines = summary([o for found in outcomes.values() for o in found], f"[reproduce] {table}") if cmds else []
+    for cmd, code in zip(cmds, codes, strict=True):
+        if code and not outcomes[rp.shell(cmd)]:
+            lines.append(f"  FAILED multirun (status {code}, no job ran): {rp.shell(cmd)}")
+    failed = len(lines) > 1
+    if lines:
+        print("\n".join(lines), file=sys.stderr if failed else sys.stdout, flush=True)
+    if failed:
+        print("[reproduce] failed runs stay missing: fix the cause and rerun the same command (complete runs are "
+              "skipped)", file=sys.stderr)
+    return failed
 
 
 if __name__ == "__main__":

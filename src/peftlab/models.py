@@ -3,7 +3,9 @@ a model shipped inside a Python package, a random-init config (tests), or timm.
 
 ``conf/model/*.yaml`` is a :class:`ModelSpec`; it also names the modules methods may target, as
 logical names (``q``, ``k``, ``v``, ``o``, ``up``, ``down``, ``gate``, ``qkv``) mapped to regexes
-on module names, so methods never hard-code architecture names.
+on module names, so methods never hard-code architecture names. A model whose attention computes q, k and v
+with one fused Linear (timm's ViT ``attn.qkv``) says so with ``fused: {qkv: [q, k, v]}``: a method's ``q``/``v``
+targets then resolve to that Linear, so method defaults (LoRA's ``[q, v]``) hold on every model.
 """
 
 from __future__ import annotations
@@ -17,11 +19,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftlab.config_utils import require
+from peftlab.config_utils import CONF, require
 from peftlab.errors import ConfigError, DataUnavailableError
 
 SOURCES = ("hf", "hf_random", "timm")
 HEADS = ("seq_cls", "regression", "qa_span", "causal_lm", "image_cls")
+# model.kind → the task heads such a backbone serves, and how a message names it
+KINDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "encoder": (("seq_cls", "regression", "qa_span"), "an encoder (sequence classification, regression, QA spans)"),
+    "decoder": (("causal_lm",), "a causal LM (decoder)"),
+    "vision": (("image_cls",), "an image backbone"),
+}
 
 
 @dataclass
@@ -30,9 +38,11 @@ class ModelSpec:
 
     name: str
     source: str  # one of SOURCES
+    kind: str  # one of KINDS: which task heads the backbone serves (checked against the task before loading)
     path: str | None = None  # hub id, local dir, "package:<python package>" or timm model name
     tokenizer: str | None = None  # defaults to ``path``
     targets: dict[str, str] = field(default_factory=dict)  # logical name -> module-name regex
+    fused: dict[str, list[str]] = field(default_factory=dict)  # target -> logical names it computes in one Linear
     head: list[str] = field(default_factory=list)  # regexes of the task-head modules
     config: dict[str, Any] = field(default_factory=dict)  # architecture (hf_random; budget on meta device)
     pretrained: bool = True  # timm: load pretrained weights
@@ -43,16 +53,33 @@ class ModelSpec:
         require(self.source in SOURCES, f"model.source must be one of {SOURCES}, got '{self.source}'")
         require(self.source == "hf_random" or bool(self.path), f"model '{self.name}' needs model.path")
         require(self.dtype in ("float32", "bfloat16", "float16"), f"model.dtype '{self.dtype}' not supported")
+        require(self.kind in KINDS, f"model.kind must be one of {sorted(KINDS)}, got '{self.kind}'")
+        for fused, parts in self.fused.items():
+            require(fused in self.targets, f"model.fused names '{fused}', which is not one of model.targets")
+            clash = [p for p in parts if p in self.targets]
+            require(not clash, f"model.fused: {clash} are parts of '{fused}' and cannot also be model.targets")
+
+    def serves(self, head: str) -> bool:
+        """Whether this backbone can carry a task head ``head`` (see :data:`KINDS`)."""
+        return head in KINDS[self.kind][0]
+
+    def resolve_targets(self, logical: list[str]) -> list[str]:
+        """``logical`` with each part of a fused Linear replaced by that Linear (on timm's ViT, ``[q, v]`` →
+        ``[qkv]``), duplicates dropped; an unknown name fails with the valid ones and an override that works."""
+        require(len(logical) > 0, "method.targets is empty: name at least one target module")
+        part_of = {part: fused for fused, parts in self.fused.items() for part in parts}
+        resolved = list(dict.fromkeys(part_of.get(t, t) for t in logical))
+        unknown = [t for t in resolved if t not in self.targets]
+        if unknown:
+            known = [t for t in resolved if t in self.targets] or [part_of.get(t, t) for t in ("q", "v")]
+            example = known if all(t in self.targets for t in known) else sorted(self.targets)
+            raise ConfigError(f"unknown target(s) {unknown} for model '{self.name}'; valid targets: "
+                              f"{sorted(self.targets)} (e.g. method.targets=[{','.join(dict.fromkeys(example))}])")
+        return resolved
 
     def target_regex(self, logical: list[str]) -> str:
         """One regex (for ``re.fullmatch`` on a module name, as peft does) matching the ``logical`` targets."""
-        require(len(logical) > 0, "method.targets is empty: name at least one target module")
-        unknown = [t for t in logical if t not in self.targets]
-        if unknown:
-            raise ConfigError(
-                f"unknown target(s) {unknown} for model '{self.name}'; valid targets: {sorted(self.targets)}"
-            )
-        alternatives = "|".join(f"(?:{self.targets[t]})" for t in logical)
+        alternatives = "|".join(f"(?:{self.targets[t]})" for t in self.resolve_targets(logical))
         return rf"(?:.*\.)?(?:{alternatives})"
 
     def logical_name(self, module_name: str) -> str | None:
@@ -64,6 +91,13 @@ class ModelSpec:
 
     def is_head(self, module_name: str) -> bool:
         return any(re.fullmatch(rf"(?:.*\.)?(?:{p})", module_name) for p in self.head)
+
+
+def models_of_kind(kind: str) -> list[str]:
+    """Names of the model configs (``conf/model/*.yaml``) of ``kind``."""
+    from omegaconf import OmegaConf
+
+    return sorted(p.stem for p in (CONF / "model").glob("*.yaml") if OmegaConf.load(p).get("kind") == kind)
 
 
 def resolve_path(path: str) -> str:

@@ -18,11 +18,13 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """A registry of ``kind`` (e.g. "method") whose members live in the sub-modules of ``package``."""
+    """A registry of ``kind`` (e.g. "method") whose members live in the sub-modules of ``package``; their configs
+    are the ``section`` node of the run config (``method``, ``task``)."""
 
-    def __init__(self, kind: str, package: str) -> None:
+    def __init__(self, kind: str, package: str, section: str) -> None:
         self.kind = kind
         self.package = package
+        self.section = section
         self._items: dict[str, T] = {}
         self._discovered = False
 
@@ -59,4 +61,4 @@ class Registry(Generic[T]):
         """``cls(cls.config_cls(**cfg))`` for the class named by ``cfg[key]``; the config validates itself."""
         values = to_dict(cfg)
         cls = self.get(str(values.get(key)))
-        return cls(build_dataclass(cls.config_cls, values, f"{self.kind} '{values.get('name')}'"))
+        return cls(build_dataclass(cls.config_cls, values, f"{self.kind} '{values.get('name')}'", self.section))

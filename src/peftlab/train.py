@@ -5,8 +5,8 @@ validate → seed → task → backbone → method → trainer → fit → test 
 
 from __future__ import annotations
 
+import inspect
 import logging
-import os
 import time
 import zipfile
 from pathlib import Path
@@ -18,27 +18,29 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from peftlab import results
-from peftlab.config_utils import build_dataclass, require, to_dict
+from peftlab.config_utils import build_dataclass, check_known, check_writable, instantiate, require, to_dict
 from peftlab.data import TaskDataModule
 from peftlab.errors import ConfigError, DataUnavailableError
 from peftlab.methods import Method, build_method
 from peftlab.methods.base import count_parameters
-from peftlab.models import ModelSpec, load_backbone, load_preprocessor
+from peftlab.models import KINDS, ModelSpec, load_backbone, load_preprocessor, models_of_kind
 from peftlab.module import PeftModule
+from peftlab.run_config import OptimConfig, RunConfig, top_level
 from peftlab.tasks import Task, build_task
 
 log = logging.getLogger(__name__)
 
 
 def validate(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
-    """Check the whole config and what a run needs from the machine (local data, writable output dirs, a readable
-    checkpoint) before any data or weights load; return the built parts."""
+    """Check the whole config and what a run needs from the machine (local data, a GPU when the trainer asks for
+    one, writable output dirs, a readable checkpoint) before any data or weights load; return the built parts."""
     spec, method, task = validate_config(cfg)
     _check_local_data(task)
+    _check_accelerator(cfg.trainer)
     for key in ("results_dir", "output_dir"):
         where = OmegaConf.select(cfg, f"paths.{key}", throw_on_resolution_failure=False)  # None outside Hydra
         if where:
-            _check_writable(f"paths.{key}", Path(where))
+            check_writable(f"paths.{key}", Path(where))
     ckpt = cfg.get("ckpt_path")
     if ckpt and ckpt != "last" and Path(ckpt).is_file():
         _check_checkpoint(Path(ckpt))
@@ -46,16 +48,77 @@ def validate(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
 
 
 def validate_config(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
-    """The config alone (names, ranges, targets): what the budget calculator needs, without data or outputs."""
-    spec = build_dataclass(ModelSpec, cfg.model, f"model '{cfg.model.get('name')}'")
+    """The config alone: every key known and every value of its type and range (the dataclasses of
+    ``peftlab.run_config``, the model, method and task), the model able to serve the task, the method's targets,
+    the trainer's options. What the budget calculator needs, without data or outputs."""
+    build_dataclass(RunConfig, top_level(cfg), "config", "")
+    build_dataclass(OptimConfig, cfg.optim, "optim", "optim")
+    spec = build_dataclass(ModelSpec, cfg.model, f"model '{cfg.model.get('name')}'", "model")
     method = build_method(cfg.method)
     task = build_task(cfg.task)
+    _check_pairing(spec, task)
     if method.config.targets:
-        spec.target_regex(method.config.targets)  # unknown logical targets fail here
-    o = cfg.optim
-    require(o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay}")
-    require(0 <= o.warmup_ratio < 1, f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}")
+        _check_targets(spec, list(method.config.targets))
+    _check_trainer(cfg)
     return spec, method, task
+
+
+def _check_pairing(spec: ModelSpec, task: Task) -> None:
+    """The backbone must serve the task's head (an encoder for classification/QA, a causal LM for generation, a
+    timm ViT for images): otherwise the run would fail deep inside loading or the first batch."""
+    if spec.serves(task.head):
+        return
+    needed = next(kind for kind, (heads, _) in KINDS.items() if task.head in heads)
+    choices = ", ".join(models_of_kind(needed))
+    raise ConfigError(f"model '{spec.name}' is {KINDS[spec.kind][1]} and cannot serve task '{task.name}' "
+                      f"(head {task.head}), which needs {KINDS[needed][1]}; models that serve it: {choices} "
+                      "(model=<name>)")
+
+
+def _check_targets(spec: ModelSpec, targets: list[str]) -> None:
+    """Unknown logical targets fail here; targets that resolve to a fused Linear (ViT's qkv) are said once."""
+    resolved = spec.resolve_targets(targets)
+    fused = [t for t in resolved if t in spec.fused and t not in targets]
+    if fused:
+        how = "; ".join(f"{', '.join(spec.fused[t])} in one Linear ({t})" for t in fused)
+        print(f"[peftlab] model '{spec.name}' computes {how}: method.targets {targets} adapt {resolved}")
+
+
+def _check_trainer(cfg: DictConfig) -> None:
+    """Options the trainer class does not take (``+trainer.max_epoch=1``), found from its own signature, and a
+    run that would train nothing: both would otherwise surface only after the model loaded, or not at all."""
+    node = cfg.trainer
+    target = str(node.get("_target_"))
+    try:
+        params = inspect.signature(hydra.utils.get_class(target)).parameters
+    except (ImportError, ValueError) as err:  # what Hydra raises for a _target_ that is not an importable class
+        raise ConfigError(" ".join(f"trainer._target_={target} is not a class ({err})".split())) from err
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        check_known("trainer", [str(k) for k in node if not str(k).startswith("_")], list(params),
+                    f"the arguments of {target}")
+    fixes = {"max_epochs": "set task.epochs=N (trainer.max_epochs follows it)",
+             "max_steps": "set it > 0 (-1: no limit)",
+             "limit_train_batches": "set it > 0 (a count, or a fraction of the epoch)"}
+    for key, fix in fixes.items():
+        value = OmegaConf.select(node, key, throw_on_resolution_failure=False)
+        require(value != 0 or not cfg.get("train", True),
+                f"trainer.{key}=0 trains nothing: {fix}, or train=false to only evaluate")
+
+
+def _check_accelerator(trainer: DictConfig) -> None:
+    """A GPU trainer (``trainer=gpu``) needs the GPUs it asks for; Lightning would say so only after loading."""
+    accelerator = trainer.get("accelerator")
+    if accelerator not in ("gpu", "cuda"):
+        return
+    import torch
+
+    visible = torch.cuda.device_count()
+    require(visible > 0, f"trainer.accelerator={accelerator} needs a CUDA GPU and this machine shows none: "
+            "use trainer=cpu")
+    devices = trainer.get("devices")
+    require(not isinstance(devices, int) or devices <= visible,
+            f"trainer.devices={devices} but {visible} GPU(s) are visible: set trainer.devices={visible} "
+            "(-1 = all)")
 
 
 def _check_local_data(task: Task) -> None:
@@ -70,16 +133,6 @@ def _check_local_data(task: Task) -> None:
     if train_file and Path(train_file).suffix in (".json", ".jsonl") and not Path(train_file).expanduser().is_file():
         raise DataUnavailableError(f"task.train_file={train_file} not found: download it (docs/{c.family}.md) "
                                    "and point task.train_file to it")
-
-
-def _check_writable(key: str, directory: Path) -> None:
-    """Fail now, not after training, when a run could not write its outputs or record (nothing is created)."""
-    existing = directory
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    problem = "not a directory" if not existing.is_dir() else "read-only"
-    require(existing.is_dir() and os.access(existing, os.W_OK | os.X_OK),
-            f"{key}={directory} is not writable ({existing} is {problem})")
 
 
 def _check_checkpoint(path: Path) -> None:
@@ -140,9 +193,9 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     return None
 
 
-def _instantiate_all(group: DictConfig | None) -> list[Any]:
+def _instantiate_all(cfg: DictConfig, group: str) -> list[Any]:
     """Instantiate every entry of a config group such as ``logger`` or ``callbacks`` (may be empty)."""
-    return [hydra.utils.instantiate(c) for c in (group or {}).values()]
+    return [instantiate(c, f"{group}.{name}") for name, c in (cfg.get(group) or {}).items()]
 
 
 def _record_path(cfg: DictConfig, out_dir: Path, model_name: str, module: PeftModule, resuming: bool) -> Path:
@@ -163,9 +216,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     module, datamodule, spec = build(cfg)
     trainable_at_start, total = count_parameters(module.model)
     out_dir = Path(cfg.paths.output_dir)
-    loggers = _instantiate_all(cfg.get("logger"))
-    callbacks = _instantiate_all(cfg.get("callbacks"))
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+    loggers = _instantiate_all(cfg, "logger")
+    callbacks = _instantiate_all(cfg, "callbacks")
+    trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks)
 
     ckpt_path = resume_checkpoint(cfg)
     path = _record_path(cfg, out_dir, spec.name, module, resuming=ckpt_path is not None)

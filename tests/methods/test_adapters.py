@@ -93,7 +93,8 @@ def test_remove_adapters_restores_base_outputs_and_names() -> None:
 def test_llama_placement() -> None:
     from peftlab.train import validate
 
-    cfg = compose_config(["model=tiny_llama", "method=adapter_houlsby", "method.train_head=false"])
+    cfg = compose_config(["model=tiny_llama", "task=commonsense_synthetic", "method=adapter_houlsby",
+                          "method.train_head=false"])
     spec, meth, task = validate(cfg)
     model = meth.apply(load_backbone(spec, task.head, task.num_labels), spec)
     names = sorted(adapter_modules(model))

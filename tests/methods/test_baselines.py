@@ -127,7 +127,7 @@ def test_bitfit_without_layernorm_and_on_a_bias_free_model() -> None:
     model = method.apply(load_backbone(spec, task.head, task.num_labels), spec)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert names and not any(re.search("LayerNorm", n) for n in names)
-    spec, method, task = validate(compose_config(["model=tiny_llama", "method=bitfit"]))
+    spec, method, task = validate(compose_config(["model=tiny_llama", "task=commonsense_synthetic", "method=bitfit"]))
     with pytest.raises(ConfigError, match="no bias terms"):
         method.apply(load_backbone(spec, task.head, task.num_labels), spec)
 

@@ -61,7 +61,8 @@ def test_draws_are_uniform_seeded_and_periodic() -> None:
 
 
 def test_switch_every_k_steps_and_state_round_trip() -> None:
-    spec, method, task = validate(compose_config(["model=tiny_llama", "method=lisa", "method.activated_layers=1",
+    spec, method, task = validate(compose_config(["model=tiny_llama", "task=commonsense_synthetic", "method=lisa",
+                                                  "method.activated_layers=1",
                                                   "method.interval_steps=3", "method.sample_seed=1"]))
     model = method.apply(load_backbone(spec, "causal_lm", None), spec)
     assert method.path == "model.layers" and method.num_layers == LAYERS
@@ -71,7 +72,8 @@ def test_switch_every_k_steps_and_state_round_trip() -> None:
     assert all(re.match(rf"model\.layers\.{method.active[0]}\.", n) for n in trainable if ".layers." in n)
     assert "model.embed_tokens.weight" in trainable and "lm_head.weight" in trainable
     state = json.loads(json.dumps(method.method_state()))
-    fresh_spec, fresh, _ = validate(compose_config(["model=tiny_llama", "method=lisa", "method.activated_layers=1",
+    fresh_spec, fresh, _ = validate(compose_config(["model=tiny_llama", "task=commonsense_synthetic", "method=lisa",
+                                                   "method.activated_layers=1",
                                                    "method.interval_steps=3", "method.sample_seed=1"]))
     fresh_model = fresh.load_method_state(fresh.apply(load_backbone(fresh_spec, "causal_lm", None), fresh_spec), state)
     assert fresh.active == method.active and fresh.period == 3

@@ -30,7 +30,7 @@ class TestS2ftLlamaProperties(MethodProperties):
 
     method = "s2ft"
     model = "tiny_llama"
-    overrides = [*RATIOS, "method.lr=1e-2"]
+    overrides = ["task=commonsense_synthetic", *RATIOS, "method.lr=1e-2"]
     trainable_regex = r".*\.s2_delta"
 
     def expected_trainable(self, model: nn.Module, spec: ModelSpec) -> int:
@@ -101,7 +101,8 @@ def test_budget_equals_the_applied_tiny_model() -> None:
 
 def test_selection_is_seeded_and_spread_over_layers() -> None:
     def selection(seed: int) -> dict[str, list[int]]:
-        cfg = compose(["model=tiny_llama", "method=s2ft", "method.d_ratio=0.25", f"method.seed={seed}"])
+        cfg = compose(["model=tiny_llama", "task=commonsense_synthetic", "method=s2ft", "method.d_ratio=0.25",
+                       f"method.seed={seed}"])
         spec, method, task = validate(cfg)
         model = method.apply(load_backbone(spec, task.head, task.num_labels), spec)
         return {n: m.s2_index.tolist() for n, m in model.named_modules() if isinstance(m, S2Linear)}
@@ -116,4 +117,4 @@ def test_selection_is_seeded_and_spread_over_layers() -> None:
                                  ["+method.targets=[v]"]])
 def test_bad_ratios_fail_before_training(bad: list[str]) -> None:
     with pytest.raises(ConfigError, match="ratio"):
-        count(compose(["model=tiny_llama", "method=s2ft", *bad]))
+        count(compose(["model=tiny_llama", "task=commonsense_synthetic", "method=s2ft", *bad]))

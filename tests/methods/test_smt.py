@@ -57,7 +57,8 @@ class TestSmtWithHeadProperties(TestSmtProperties):
 
 def build(model_name: str, *overrides: str) -> tuple[nn.Module, SparseMatrixTuning, ModelSpec, dict[str, Any]]:
     """SMT applied to a tiny model: tiny_bert as a pair classifier, tiny_llama as a causal LM."""
-    cfg = compose_config([f"model={model_name}", "method=smt", *SMT, *overrides])
+    task = ["task=commonsense_synthetic"] if model_name == "tiny_llama" else []  # a causal LM serves causal_lm tasks
+    cfg = compose_config([f"model={model_name}", "method=smt", *task, *SMT, *overrides])
     spec, method, task = validate(cfg)
     torch.manual_seed(0)
     batch = MethodProperties.batch(spec)

@@ -11,7 +11,7 @@ from typing import Any
 from peftlab.methods.base import Method, MethodConfig
 from peftlab.registry import Registry
 
-METHODS: Registry[type[Method]] = Registry("method", __name__)
+METHODS: Registry[type[Method]] = Registry("method", __name__, "method")
 
 
 def build_method(cfg: Mapping[str, Any]) -> Method:

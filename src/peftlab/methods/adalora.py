@@ -22,7 +22,15 @@ from typing import Any
 import peft
 from torch import nn
 
-from peftlab.config_utils import require
+from peftlab.config_utils import (
+    Dropout,
+    NonNegativeFloat,
+    NonNegativeInt,
+    OpenUnit,
+    PositiveFloat,
+    PositiveInt,
+    require,
+)
 from peftlab.methods import METHODS
 from peftlab.methods.base import MethodConfig
 from peftlab.methods.peft_wrapper import PeftMethod
@@ -31,30 +39,24 @@ from peftlab.models import ModelSpec
 
 @dataclass
 class AdaLoraConfig(MethodConfig):
-    lr: float = 1e-3  # AdaLoRA Table 8: 5e-4 ... 2.2e-3 per GLUE task
+    lr: PositiveFloat = 1e-3  # AdaLoRA Table 8: 5e-4 ... 2.2e-3 per GLUE task
     targets: list[str] = field(default_factory=lambda: ["q", "k", "v", "o", "up", "down"])  # AdaLoRA: all matrices
-    init_r: int = 12  # initial rank of every triplet set (1.5 × target_r in the paper's budgets)
-    target_r: int = 8  # average final rank
-    alpha: float = 32.0  # scaling numerator (peft: the update is multiplied by alpha / r)
-    dropout: float = 0.0
-    tinit: int = 0  # steps before pruning starts (paper t_i)
-    tfinal: int = 0  # steps of final fine-tuning at a fixed budget (paper t_f)
-    delta_t: int = 1  # steps between budget reallocations (paper ΔT)
-    beta1: float = 0.85  # EMA of the sensitivity
-    beta2: float = 0.85  # EMA of its uncertainty
-    orth_reg_weight: float = 0.1  # paper γ (Eq. 4, Table 8: 0.1 for most GLUE tasks)
+    init_r: PositiveInt = 12  # initial rank of every triplet set (1.5 × target_r in the paper's budgets)
+    target_r: PositiveInt = 8  # average final rank
+    alpha: PositiveFloat = 32.0  # scaling numerator (peft: the update is multiplied by alpha / r)
+    dropout: Dropout = 0.0
+    tinit: NonNegativeInt = 0  # steps before pruning starts (paper t_i)
+    tfinal: NonNegativeInt = 0  # steps of final fine-tuning at a fixed budget (paper t_f)
+    delta_t: PositiveInt = 1  # steps between budget reallocations (paper ΔT)
+    beta1: OpenUnit = 0.85  # EMA of the sensitivity
+    beta2: OpenUnit = 0.85  # EMA of its uncertainty
+    orth_reg_weight: NonNegativeFloat = 0.1  # paper γ (Eq. 4, Table 8: 0.1 for most GLUE tasks)
     total_step: int | None = None  # null: the trainer's total number of optimizer steps
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(0 < self.target_r <= self.init_r,
-                f"need 0 < method.target_r <= method.init_r, got {self.target_r} and {self.init_r}")
-        require(self.alpha > 0, f"method.alpha must be > 0, got {self.alpha}")
-        require(0.0 <= self.dropout < 1.0, f"method.dropout must be in [0, 1), got {self.dropout}")
-        require(self.tinit >= 0 and self.tfinal >= 0, "method.tinit and method.tfinal must be >= 0")
-        require(self.delta_t > 0, f"method.delta_t must be > 0, got {self.delta_t}")
-        require(0 < self.beta1 < 1 and 0 < self.beta2 < 1, "method.beta1 and method.beta2 must be in (0, 1)")
-        require(self.orth_reg_weight >= 0, f"method.orth_reg_weight must be >= 0, got {self.orth_reg_weight}")
+        require(self.target_r <= self.init_r,
+                f"need method.target_r <= method.init_r, got {self.target_r} and {self.init_r}")
         require(self.total_step is None or self.total_step > self.tinit + self.tfinal,
                 f"method.total_step={self.total_step} leaves no budgeting phase after tinit={self.tinit} "
                 f"and before tfinal={self.tfinal}")

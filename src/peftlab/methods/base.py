@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from peftlab.config_utils import require
+from peftlab.config_utils import PositiveFloat, require
 from peftlab.models import ModelSpec
 
 ADAPTER_FILE = "adapter.safetensors"  # what Method.save_adapter writes by default
@@ -25,15 +25,16 @@ ADAPTER_FILE = "adapter.safetensors"  # what Method.save_adapter writes by defau
 
 @dataclass
 class MethodConfig:
-    """Options every method has."""
+    """Options every method has. Field types (and the ranges of ``PositiveFloat``-like annotations) are checked
+    when the config is built (``peftlab.config_utils.build_dataclass``); ``__post_init__`` checks the rest."""
 
     name: str
-    lr: float = 1e-4  # learning rate this method is usually trained with (optim.lr follows it)
+    lr: PositiveFloat = 1e-4  # learning rate this method is usually trained with (optim.lr follows it)
     train_head: bool = True  # also train the task head (classifier) named in the model config
     targets: list[str] = field(default_factory=list)  # logical module names (see conf/model/*.yaml)
 
     def __post_init__(self) -> None:
-        require(self.lr > 0, f"method.lr must be > 0, got {self.lr}")
+        """Checks that involve several fields (none here; subclasses extend it)."""
 
 
 class Method:

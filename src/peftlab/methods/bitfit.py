@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from peftlab.config_utils import require
+from peftlab.config_utils import PositiveFloat, require
 from peftlab.methods import METHODS
 from peftlab.methods.base import Method, MethodConfig, freeze, unfreeze_head
 from peftlab.models import ModelSpec
@@ -20,7 +20,7 @@ from peftlab.models import ModelSpec
 
 @dataclass
 class BitFitConfig(MethodConfig):
-    lr: float = 1e-3  # BitFit paper: lr in {1e-4, 4e-4, 7e-4, 1e-3}
+    lr: PositiveFloat = 1e-3  # BitFit paper: lr in {1e-4, 4e-4, 7e-4, 1e-3}
     layernorm: bool = True  # also train the LayerNorm biases (the paper does)
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from peftlab.config_utils import PositiveFloat
 from peftlab.methods import METHODS
 from peftlab.methods.lora import Lora, LoraConfig
 
 
 @dataclass
 class DoraConfig(LoraConfig):
-    lr: float = 2e-4  # DoRA commonsense scripts (LLaMA-7B/LLaMA2-7B; 1e-4 for LLaMA3-8B)
+    lr: PositiveFloat = 2e-4  # DoRA commonsense scripts (LLaMA-7B/LLaMA2-7B; 1e-4 for LLaMA3-8B)
     targets: list[str] = field(default_factory=lambda: ["q", "v"])
 
 

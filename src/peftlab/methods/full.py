@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from peftlab.config_utils import PositiveFloat
 from peftlab.methods import METHODS
 from peftlab.methods.base import Method, MethodConfig
 from peftlab.models import ModelSpec
@@ -13,7 +14,7 @@ from peftlab.models import ModelSpec
 
 @dataclass
 class FullConfig(MethodConfig):
-    lr: float = 2e-5
+    lr: PositiveFloat = 2e-5
 
 
 @METHODS.register("full")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import peft
 
-from peftlab.config_utils import require
+from peftlab.config_utils import PositiveFloat, require
 from peftlab.methods import METHODS
 from peftlab.methods.base import MethodConfig
 from peftlab.methods.peft_wrapper import PeftMethod
@@ -21,7 +21,7 @@ from peftlab.models import ModelSpec
 
 @dataclass
 class IA3Config(MethodConfig):
-    lr: float = 3e-3  # T-Few (the (IA)³ paper) trains with 3e-3
+    lr: PositiveFloat = 3e-3  # T-Few (the (IA)³ paper) trains with 3e-3
     targets: list[str] = field(default_factory=lambda: ["k", "v", "down"])
     feedforward: list[str] = field(default_factory=lambda: ["down"])  # targets scaled on their input side
 

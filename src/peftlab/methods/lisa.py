@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftlab.config_utils import require
+from peftlab.config_utils import PositiveFloat, PositiveInt, require
 from peftlab.methods import METHODS
 from peftlab.methods.base import Method, MethodConfig, count_parameters, head_module_names
 from peftlab.models import ModelSpec
@@ -35,19 +35,11 @@ from peftlab.models import ModelSpec
 
 @dataclass
 class LisaConfig(MethodConfig):
-    lr: float = 2e-5  # LMFlow run_finetune_with_lisa.sh (paper: ~1e-5 to 2e-5)
-    activated_layers: int = 2  # γ: blocks trained at a time (LMFlow default 2; paper ablates 2/4/8)
-    interval_steps: int = 20  # K: optimizer steps between draws (LMFlow default 20)
+    lr: PositiveFloat = 2e-5  # LMFlow run_finetune_with_lisa.sh (paper: ~1e-5 to 2e-5)
+    activated_layers: PositiveInt = 2  # γ: blocks trained at a time (LMFlow default 2; paper ablates 2/4/8)
+    interval_steps: PositiveInt = 20  # K: optimizer steps between draws (LMFlow default 20)
     sample_seed: int = 0  # seeds the draws; conf/method/lisa.yaml sets it to the run seed
     layers: str | None = None  # module path of the block list; None: the model's largest list of same-type blocks
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(isinstance(self.activated_layers, int) and self.activated_layers >= 1,
-                f"method.activated_layers must be an integer >= 1, got {self.activated_layers!r}")
-        require(isinstance(self.interval_steps, int) and self.interval_steps >= 1,
-                f"method.interval_steps must be an integer >= 1, got {self.interval_steps!r}")
-        require(isinstance(self.sample_seed, int), f"method.sample_seed must be an integer, got {self.sample_seed!r}")
 
 
 def transformer_blocks(model: nn.Module, path: str | None) -> tuple[str, nn.ModuleList | nn.Sequential]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import peft
 
-from peftlab.config_utils import require
+from peftlab.config_utils import Dropout, PositiveFloat, PositiveInt
 from peftlab.methods import METHODS
 from peftlab.methods.base import MethodConfig
 from peftlab.methods.peft_wrapper import PeftMethod
@@ -16,17 +16,11 @@ from peftlab.models import ModelSpec
 
 @dataclass
 class LoraConfig(MethodConfig):
-    lr: float = 1e-3
+    lr: PositiveFloat = 1e-3
     targets: list[str] = field(default_factory=lambda: ["q", "v"])
-    r: int = 8  # rank of the update
-    alpha: float = 16.0  # scaling numerator: the update is multiplied by alpha / r
-    dropout: float = 0.0  # dropout on the LoRA branch input
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.r > 0, f"method.r (LoRA rank) must be a positive integer, got {self.r}")
-        require(self.alpha > 0, f"method.alpha must be > 0, got {self.alpha}")
-        require(0.0 <= self.dropout < 1.0, f"method.dropout must be in [0, 1), got {self.dropout}")
+    r: PositiveInt = 8  # rank of the update
+    alpha: PositiveFloat = 16.0  # scaling numerator: the update is multiplied by alpha / r
+    dropout: Dropout = 0.0  # dropout on the LoRA branch input
 
 
 @METHODS.register("lora")

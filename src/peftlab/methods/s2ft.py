@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-from peftlab.config_utils import require
+from peftlab.config_utils import PositiveFloat, UnitInterval, require
 from peftlab.methods import METHODS
 from peftlab.methods.base import Method, MethodConfig, freeze, named_targets, unfreeze_head
 from peftlab.methods.delta_linear import DeltaLinear, merge_delta_linears
@@ -60,18 +60,15 @@ ROLES: dict[str, tuple[str, str, str]] = {
 
 @dataclass
 class S2ftConfig(MethodConfig):
-    lr: float = 2e-4  # official commonsense scripts (LLaMA2/3): 2e-4, linear schedule, weight decay 0
-    v_ratio: float = 0.0  # fraction of all attention heads whose V-proj output rows train
-    o_ratio: float = 0.0  # fraction of all attention heads whose O-proj input columns train
-    u_ratio: float = 0.0  # fraction of all FFN channels whose up-proj output rows train
-    d_ratio: float = 0.03  # fraction of all FFN channels whose down-proj input columns train (LLaMA3-8B script)
+    lr: PositiveFloat = 2e-4  # official commonsense scripts (LLaMA2/3): 2e-4, linear schedule, weight decay 0
+    v_ratio: UnitInterval = 0.0  # fraction of all attention heads whose V-proj output rows train
+    o_ratio: UnitInterval = 0.0  # fraction of all attention heads whose O-proj input columns train
+    u_ratio: UnitInterval = 0.0  # fraction of all FFN channels whose up-proj output rows train
+    d_ratio: UnitInterval = 0.03  # fraction of all FFN channels whose down-proj input columns train (LLaMA3-8B script)
     seed: int = 0  # selection seed (official: --seed 0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key, _, _ in ROLES.values():
-            value = getattr(self, key)
-            require(0.0 <= value <= 1.0, f"method.{key} must be in [0, 1], got {value}")
         require(not self.targets, "S2FT picks its modules by role (v, o, up, down: conf/model targets); set the "
                 f"ratios {[k for k, _, _ in ROLES.values()]} instead of method.targets={self.targets}")
         require(any(getattr(self, k) > 0 for k, _, _ in ROLES.values()),

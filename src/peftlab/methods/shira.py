@@ -21,7 +21,7 @@ import peft
 import torch
 from torch import nn
 
-from peftlab.config_utils import require
+from peftlab.config_utils import PositiveFloat, PositiveInt, require
 from peftlab.methods import METHODS
 from peftlab.methods.base import MethodConfig, named_targets
 from peftlab.methods.peft_wrapper import PeftMethod
@@ -30,15 +30,10 @@ from peftlab.models import ModelSpec
 
 @dataclass
 class ShiraConfig(MethodConfig):
-    lr: float = 1e-3  # not from the paper: LoRA's lr here (the support starts at zero like LoRA's B)
+    lr: PositiveFloat = 1e-3  # not from the paper: LoRA's lr here (the support starts at zero like LoRA's B)
     targets: list[str] = field(default_factory=lambda: ["q", "v"])  # LoRA's default targets: budgets match
-    r: int = 8  # |support| = r·(d_in + d_out) per target, LoRA-r's count (not a rank limit)
+    r: PositiveInt = 8  # |support| = r·(d_in + d_out) per target, LoRA-r's count (not a rank limit)
     mask_seed: int = 0  # seeds the random supports; conf/method/shira.yaml sets it to the run seed
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.r > 0, f"method.r must be a positive integer (support = r·(d_in + d_out)), got {self.r}")
-        require(isinstance(self.mask_seed, int), f"method.mask_seed must be an integer, got {self.mask_seed!r}")
 
 
 def independent_random_masks(seed: int) -> Callable[..., torch.Tensor]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from peftlab.config_utils import require
+from peftlab.config_utils import NonNegativeFloat, PositiveFloat, require
 from peftlab.errors import PeftlabError
 from peftlab.methods import METHODS
 from peftlab.methods.base import Method, MethodConfig, freeze, unfreeze_head
@@ -37,15 +37,11 @@ from peftlab.models import ModelSpec
 
 @dataclass
 class SsfConfig(MethodConfig):
-    lr: float = 5e-3  # official VTAB scripts: per-task lr in 1e-3…5e-2 (CIFAR-100: 5e-3)
+    lr: PositiveFloat = 5e-3  # official VTAB scripts: per-task lr in 1e-3…5e-2 (CIFAR-100: 5e-3)
     targets: list[str] = field(default_factory=list)  # Linear kinds followed by SSF; [] = all the model defines
     norms: bool = True  # after every LayerNorm/RMSNorm outside the head (ViT norm1, norm2, final norm)
     patch_embed: bool = True  # after a timm ViT's patch_embed.proj convolution (ignored by other models)
-    init_std: float = 0.02  # γ ~ N(1, std²), β ~ N(0, std²) (official init_ssf_scale_shift)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(self.init_std >= 0, f"method.init_std must be >= 0, got {self.init_std}")
+    init_std: NonNegativeFloat = 0.02  # γ ~ N(1, std²), β ~ N(0, std²) (official init_ssf_scale_shift)
 
 
 class ScaleShift(nn.Module):

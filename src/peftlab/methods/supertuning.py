@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import peft
 
-from peftlab.config_utils import require
+from peftlab.config_utils import Dropout, PositiveFloat, PositiveInt, require
 from peftlab.methods import METHODS
 from peftlab.methods.base import MethodConfig
 from peftlab.methods.peft_wrapper import PeftMethod
@@ -24,22 +24,17 @@ from peftlab.models import ModelSpec
 
 @dataclass
 class SupertuningConfig(MethodConfig):
-    lr: float = 1e-3  # not from the paper: LoRA's lr here
+    lr: PositiveFloat = 1e-3  # not from the paper: LoRA's lr here
     targets: list[str] = field(default_factory=lambda: ["q", "v"])
-    sparsity: float = 0.99  # peft default: 1% of each target's entries train
+    sparsity: Dropout = 0.99  # peft default: 1% of each target's entries train
     select_top: bool = True  # largest |W₀| entries (Super/Supra); false: the smallest ("-bottom")
-    r: int | None = None  # LoRA rank of the Supra hybrid; None: sparse support only (Super)
-    alpha: float | None = None  # Supra LoRA scaling numerator (None: 2·r, peft's default)
-    dropout: float = 0.0  # Supra LoRA dropout
+    r: PositiveInt | None = None  # LoRA rank of the Supra hybrid; None: sparse support only (Super)
+    alpha: PositiveFloat | None = None  # Supra LoRA scaling numerator (None: 2·r, peft's default)
+    dropout: Dropout = 0.0  # Supra LoRA dropout
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(0.0 <= self.sparsity < 1.0, f"method.sparsity must be in [0, 1), got {self.sparsity}")
-        require(self.r is None or (isinstance(self.r, int) and self.r > 0),
-                f"method.r (Supra LoRA rank) must be a positive integer or null, got {self.r!r}")
         require(self.alpha is None or self.r is not None, "method.alpha is set but method.r is null (Super mode)")
-        require(self.alpha is None or self.alpha > 0, f"method.alpha must be > 0, got {self.alpha}")
-        require(0.0 <= self.dropout < 1.0, f"method.dropout must be in [0, 1), got {self.dropout}")
 
 
 @METHODS.register("supertuning")

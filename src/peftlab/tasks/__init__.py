@@ -12,7 +12,7 @@ from typing import Any
 from peftlab.registry import Registry
 from peftlab.tasks.base import Task, TaskConfig
 
-TASKS: Registry[type[Task]] = Registry("task family", __name__)
+TASKS: Registry[type[Task]] = Registry("task family", __name__, "task")
 
 
 def build_task(cfg: Mapping[str, Any]) -> Task:

@@ -15,31 +15,27 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from peftlab.config_utils import require
+from peftlab.config_utils import PositiveInt, Seed
 
 SPLITS = ("train", "validation", "test")
 
 
 @dataclass
 class TaskConfig:
-    """Options every task has."""
+    """Options every task has. Field types and ranges (``PositiveInt``...) are checked when the config is built
+    (``peftlab.config_utils.build_dataclass``); ``__post_init__`` checks what involves several fields."""
 
     family: str  # registry name of the task class (glue, synthetic, squad, vtab, commonsense ...)
     name: str  # the task's own name (rte, squad_v2, cifar ...)
     main_metric: str = "accuracy"  # the metric papers report (checkpoint selection and sweeps use it)
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    epochs: int = 3
-    max_train_samples: int | None = None  # cap (debugging, tests); None = the whole split
-    max_eval_samples: int | None = None
+    batch_size: PositiveInt = 32
+    eval_batch_size: PositiveInt = 64
+    epochs: PositiveInt = 3
+    max_train_samples: PositiveInt | None = None  # cap (debugging, tests); None = the whole split
+    max_eval_samples: PositiveInt | None = None
 
     def __post_init__(self) -> None:
-        require(self.batch_size > 0, f"task.batch_size must be > 0, got {self.batch_size}")
-        require(self.eval_batch_size > 0, f"task.eval_batch_size must be > 0, got {self.eval_batch_size}")
-        require(self.epochs > 0, f"task.epochs must be > 0, got {self.epochs}")
-        for key in ("max_train_samples", "max_eval_samples"):
-            value = getattr(self, key)
-            require(value is None or value > 0, f"task.{key} must be > 0 or null, got {value}")
+        """Checks that involve several fields (none here; subclasses extend it)."""
 
 
 @dataclass(kw_only=True)
@@ -47,13 +43,9 @@ class GeneratedDataConfig:
     """Mixin for the data sets peftlab generates (offline demos and tests, never benchmarks): sizes and a
     ``data_seed`` independent of the training seed, so every run of a sweep sees the same examples."""
 
-    num_train: int = 1000
-    num_validation: int = 300
-    data_seed: int = 1234
-
-    def __post_init__(self) -> None:
-        super().__post_init__()  # type: ignore[misc]  # the task config this is mixed into
-        require(self.num_train > 0 and self.num_validation > 0, "task.num_train and task.num_validation must be > 0")
+    num_train: PositiveInt = 1000
+    num_validation: PositiveInt = 300
+    data_seed: Seed = 1234
 
 
 class Task:

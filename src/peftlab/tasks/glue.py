@@ -16,10 +16,13 @@ import torch
 from torch import nn
 
 from peftlab import metrics
-from peftlab.config_utils import require
+from peftlab.config_utils import PositiveInt, require
 from peftlab.tasks import TASKS
 from peftlab.tasks.base import SPLITS, Task, TaskConfig, cat_outputs
 from peftlab.tasks.hub import load_hf_dataset
+
+# Classes of each GLUE task (Wang et al., 2019, Table 1; STS-B is a regression: one output).
+NUM_LABELS = {"cola": 2, "sst2": 2, "mrpc": 2, "qqp": 2, "stsb": 1, "mnli": 3, "qnli": 2, "rte": 2}
 
 
 @dataclass
@@ -27,23 +30,29 @@ class GlueConfig(TaskConfig):
     dataset: str = "nyu-mll/glue"  # hub id or local path given to datasets.load_dataset
     subset: str | None = None  # GLUE config name (rte, mnli ...)
     text_fields: list[str] = field(default_factory=lambda: ["sentence1", "sentence2"])
-    num_labels: int = 2  # 1 = regression (STS-B)
+    num_labels: PositiveInt = 2  # 1 = regression (STS-B)
     metrics: list[str] = field(default_factory=lambda: ["accuracy"])
     main_metric: str = "accuracy"
     splits: dict[str, str] = field(
         default_factory=lambda: {"train": "train", "validation": "validation", "test": "validation"}
     )
-    max_length: int = 128
+    max_length: PositiveInt = 128
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(1 <= len(self.text_fields) <= 2, f"task.text_fields needs 1 or 2 fields, got {self.text_fields}")
-        require(self.num_labels >= 1, f"task.num_labels must be >= 1, got {self.num_labels}")
         require(self.main_metric in self.metrics, f"task.main_metric '{self.main_metric}' not in {self.metrics}")
         unknown = [m for m in self.metrics if m not in metrics.METRICS]
         require(not unknown, f"unknown metric(s) {unknown}; valid metrics: {sorted(metrics.METRICS)}")
         require(set(self.splits) == set(SPLITS), f"task.splits must map exactly {SPLITS}, got {sorted(self.splits)}")
-        require(self.max_length > 0, f"task.max_length must be > 0, got {self.max_length}")
+        known = self.data_num_labels()
+        require(known is None or known == self.num_labels,
+                f"task.num_labels={self.num_labels} does not fit task '{self.name}', whose data have "
+                f"{'one regression target' if known == 1 else f'{known} classes'}: set task.num_labels={known}")
+
+    def data_num_labels(self) -> int | None:
+        """The number of classes the data have, when known from the config (GLUE tasks by ``subset``)."""
+        return NUM_LABELS.get(self.subset or "")
 
 
 @TASKS.register("glue")

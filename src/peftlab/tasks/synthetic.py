@@ -56,6 +56,9 @@ def make_pairs(n: int, seed: int) -> dict[str, list]:
 class SyntheticPairsConfig(GeneratedDataConfig, GlueConfig):
     dataset: str = "generated"
 
+    def data_num_labels(self) -> int:
+        return 2  # make_pairs: follows (1) or not (0)
+
 
 @TASKS.register("synthetic_pairs")
 class SyntheticPairsTask(GlueTask):

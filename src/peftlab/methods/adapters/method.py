@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from torch import nn
 from transformers.activations import ACT2FN
 
-from peftlab.config_utils import require
+from peftlab.config_utils import PositiveFloat, PositiveInt, require
 from peftlab.methods import METHODS
 from peftlab.methods.adapters.layer import INITS, BottleneckAdapter, insert_adapters
 from peftlab.methods.base import Method, MethodConfig, freeze, unfreeze_head
@@ -29,25 +29,20 @@ from peftlab.models import ModelSpec
 
 @dataclass
 class AdapterConfig(MethodConfig):
-    lr: float = 5e-4  # CapaBoost's PAdapter GLUE script; AdaLoRA tunes baselines in {8e-5 ... 1e-3}
+    lr: PositiveFloat = 5e-4  # CapaBoost's PAdapter GLUE script; AdaLoRA tunes baselines in {8e-5 ... 1e-3}
     targets: list[str] = field(default_factory=lambda: ["o", "down"])  # modules whose output is adapted
-    bottleneck: int | None = 32  # bottleneck size m
-    reduction_factor: int | None = None  # instead of bottleneck: m = d // reduction_factor (AdapterHub style)
+    bottleneck: PositiveInt | None = 32  # bottleneck size m
+    reduction_factor: PositiveInt | None = None  # instead of bottleneck: m = d // reduction_factor (AdapterHub style)
     activation: str = "relu"  # name in transformers' ACT2FN
     init: str = "houlsby"  # houlsby: N(0, init_std^2) near-identity; lora: up = 0 (exact identity at step 0)
-    init_std: float = 1e-2
+    init_std: PositiveFloat = 1e-2
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require((self.bottleneck is None) != (self.reduction_factor is None),
                 "set exactly one of method.bottleneck and method.reduction_factor (the other to null)")
-        require(self.bottleneck is None or self.bottleneck > 0,
-                f"method.bottleneck must be a positive integer, got {self.bottleneck}")
-        require(self.reduction_factor is None or self.reduction_factor > 0,
-                f"method.reduction_factor must be a positive integer, got {self.reduction_factor}")
         require(self.activation in ACT2FN, f"unknown method.activation '{self.activation}'; valid: {sorted(ACT2FN)}")
         require(self.init in INITS, f"method.init must be one of {INITS}, got '{self.init}'")
-        require(self.init_std > 0, f"method.init_std must be > 0, got {self.init_std}")
 
     def bottleneck_size(self, dim: int) -> int:
         """m for an adapter on hidden size ``dim``."""
@@ -66,7 +61,7 @@ class HoulsbyConfig(AdapterConfig):
 @dataclass
 class PfeifferConfig(AdapterConfig):
     targets: list[str] = field(default_factory=lambda: ["down"])
-    bottleneck: int | None = 64  # AdaLoRA Table 1: PAdapter d=64 ~ HAdapter d=32 ~ LoRA r=8 budget
+    bottleneck: PositiveInt | None = 64  # AdaLoRA Table 1: PAdapter d=64 ~ HAdapter d=32 ~ LoRA r=8 budget
 
 
 class AdapterMethod(Method):

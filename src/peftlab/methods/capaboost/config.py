@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from peftlab.config_utils import require
+from peftlab.config_utils import Density, Dropout, PositiveFloat, PositiveInt, require
 from peftlab.methods.base import MethodConfig
 from peftlab.methods.capaboost.masks import parse_pattern
 
@@ -14,17 +14,13 @@ from peftlab.methods.capaboost.masks import parse_pattern
 class CapaBoostConfig(MethodConfig):
     """Mask options shared by ``capaboost_lora`` and ``capaboost_adapter``."""
 
-    d: int = 2  # parallel masked copies of the one shared weight (official `num_layer`, default 2)
-    density: float = 0.5  # fraction of each weight every copy's mask keeps (exact count per copy)
+    d: PositiveInt = 2  # parallel masked copies of the one shared weight (official `num_layer`, default 2)
+    density: Density = 0.5  # fraction of each weight every copy's mask keeps (exact count per copy)
     mask_pattern: str = "random"  # "random" (exact-count unstructured, official default) or "N:M", e.g. "2:4"
     mask_seed: int = 0  # seeds the masks; conf/method/capaboost_*.yaml sets it to the run seed
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(isinstance(self.d, int) and self.d >= 1,
-                f"method.d (number of masked copies) must be an integer >= 1, got {self.d}")
-        require(isinstance(self.mask_seed, int), f"method.mask_seed must be an integer, got {self.mask_seed!r}")
-        require(0.0 < self.density <= 1.0, f"method.density must be in (0, 1], got {self.density}")
         nm = parse_pattern(self.mask_pattern)
         if nm is not None:
             require(
@@ -38,14 +34,8 @@ class CapaBoostConfig(MethodConfig):
 class CapaBoostLoraConfig(CapaBoostConfig):
     """h = W₀x + (α/r)·Σᵢ (B ⊙ M_iᴮ)(A ⊙ M_iᴬ) x."""
 
-    lr: float = 1e-3
+    lr: PositiveFloat = 1e-3
     targets: list[str] = field(default_factory=lambda: ["q", "v"])
-    r: int = 8  # rank of the shared A (r × d_in) and B (d_out × r)
-    alpha: float = 16.0  # the update is scaled by alpha / r, as in LoRA (no 1/d: the copies are summed)
-    dropout: float = 0.0  # dropout on the branch input, drawn independently for every copy (as the official code)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require(isinstance(self.r, int) and self.r > 0, f"method.r must be a positive integer, got {self.r}")
-        require(self.alpha > 0, f"method.alpha must be > 0, got {self.alpha}")
-        require(0.0 <= self.dropout < 1.0, f"method.dropout must be in [0, 1), got {self.dropout}")
+    r: PositiveInt = 8  # rank of the shared A (r × d_in) and B (d_out × r)
+    alpha: PositiveFloat = 16.0  # the update is scaled by alpha / r, as in LoRA (no 1/d: the copies are summed)
+    dropout: Dropout = 0.0  # dropout on the branch input, drawn independently for every copy (as the official code)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftlab.config_utils import require
+from peftlab.config_utils import PositiveFloat, PositiveInt, require
 from peftlab.methods import METHODS
 from peftlab.methods.adapters.layer import BottleneckAdapter, adapter_modules, remove_adapters
 from peftlab.methods.adapters.method import AdapterConfig, AdapterMethod
@@ -119,12 +119,12 @@ class CapaBoostLora(CapaBoostMethod):
 class CapaBoostAdapterConfig(CapaBoostConfig, AdapterConfig):
     """h = x + Σᵢ (U ⊙ M_iᵁ) f((D ⊙ M_iᴰ) x + b_D) + b_U after the placement's modules."""
 
-    lr: float = 5e-4  # official PAdapter GLUE script
+    lr: PositiveFloat = 5e-4  # official PAdapter GLUE script
     placement: str = "pfeiffer"  # pfeiffer: after the FFN; houlsby: after attention output and FFN; custom: targets
     targets: list[str] = field(default_factory=list)  # empty: the placement's; set only with placement=custom
-    bottleneck: int | None = 32  # official GLUE/SQuAD PAdapter: reduction factor 24 on 768 → 32
+    bottleneck: PositiveInt | None = 32  # official GLUE/SQuAD PAdapter: reduction factor 24 on 768 → 32
     activation: str | None = None  # None: the placement's (pfeiffer relu, houlsby swish, as AdapterHub)
-    init_std: float = 2e-2  # the official code's BERT init std (ours truncated at 2 std, the baselines' init)
+    init_std: PositiveFloat = 2e-2  # the official code's BERT init std (ours truncated at 2 std, the baselines' init)
 
     def __post_init__(self) -> None:
         require(self.placement in (*PLACEMENTS, "custom"),

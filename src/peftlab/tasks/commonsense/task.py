@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftlab.config_utils import require
+from peftlab.config_utils import NonNegativeInt, PositiveInt, Seed, require
 from peftlab.tasks import TASKS
 from peftlab.tasks.base import Task, TaskConfig, cat_outputs
 from peftlab.tasks.commonsense import data, synthetic
@@ -50,9 +50,9 @@ class CommonsenseConfig(TaskConfig):
     train_file: str = "data/commonsense/commonsense_170k.json"  # JSON list, or a hub dataset id
     eval_dir: str = "data/commonsense/dataset"  # holds <set>/test.json (LLM-Adapters' dataset/ layout)
     eval_sets: list[str] = field(default_factory=lambda: list(EVAL_SETS))
-    val_set_size: int = 120  # held out of the training file for validation (0 = validate on nothing)
-    val_seed: int = 42  # LLM-Adapters' train_test_split seed
-    cutoff_len: int = 256
+    val_set_size: NonNegativeInt = 120  # held out of the training file for validation (0 = validate on nothing)
+    val_seed: Seed = 42  # LLM-Adapters' train_test_split seed
+    cutoff_len: PositiveInt = 256
     train_on_inputs: bool = False  # False: loss on the response only (SMT code); True: LLM-Adapters/DoRA
     add_eos: bool = True
     lowercase_output: bool = False  # SMT lower-cases generations before matching; LLM-Adapters does not
@@ -62,8 +62,6 @@ class CommonsenseConfig(TaskConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.main_metric == MAIN_METRIC, f"task.main_metric must be '{MAIN_METRIC}', got '{self.main_metric}'")
-        require(self.cutoff_len > 0, f"task.cutoff_len must be > 0, got {self.cutoff_len}")
-        require(self.val_set_size >= 0, f"task.val_set_size must be >= 0, got {self.val_set_size}")
         require(len(self.eval_sets) > 0, "task.eval_sets is empty: name at least one evaluation set")
         require(len(set(self.eval_sets)) == len(self.eval_sets), f"task.eval_sets has duplicates: {self.eval_sets}")
         require(VALIDATION_SET not in self.eval_sets, f"'{VALIDATION_SET}' is reserved, not an evaluation set")
@@ -178,13 +176,12 @@ class SyntheticCommonsenseConfig(CommonsenseConfig):
     train_file: str = "generated"
     eval_dir: str = "generated"
     eval_sets: list[str] = field(default_factory=lambda: list(synthetic.SETS))
-    num_train: int = 2000
-    num_eval: int = 100  # per evaluation set
-    data_seed: int = 1234
+    num_train: PositiveInt = 2000
+    num_eval: PositiveInt = 100  # per evaluation set
+    data_seed: Seed = 1234
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.num_train > 0 and self.num_eval > 0, "task.num_train and task.num_eval must be > 0")
         unknown = [s for s in self.eval_sets if s not in synthetic.SETS]
         require(not unknown, f"unknown synthetic evaluation set(s) {unknown}; valid: {list(synthetic.SETS)}")
 

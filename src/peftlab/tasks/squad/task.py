@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from peftlab.config_utils import require
+from peftlab.config_utils import Dropout, NonNegativeInt, PositiveInt, require
 from peftlab.tasks import TASKS
 from peftlab.tasks.base import SPLITS, GeneratedDataConfig, Task, TaskConfig
 from peftlab.tasks.hub import load_hf_dataset
@@ -39,21 +39,18 @@ class SquadConfig(TaskConfig):
     splits: dict[str, str] = field(
         default_factory=lambda: {"train": "train", "validation": "validation", "test": "validation"}
     )
-    max_seq_length: int = 384  # tokens per window (question + context + special tokens)
-    doc_stride: int = 128  # tokens shared by consecutive windows of one context
-    n_best_size: int = 20  # top start/end logits considered per window
-    max_answer_length: int = 30  # longest answer, in tokens
+    max_seq_length: PositiveInt = 384  # tokens per window (question + context + special tokens)
+    doc_stride: NonNegativeInt = 128  # tokens shared by consecutive windows of one context
+    n_best_size: PositiveInt = 20  # top start/end logits considered per window
+    max_answer_length: PositiveInt = 30  # longest answer, in tokens
     null_score_diff_threshold: float = 0.0  # v2: answer "" when null − best span score exceeds this
     main_metric: str = "f1"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(set(self.splits) == set(SPLITS), f"task.splits must map exactly {SPLITS}, got {sorted(self.splits)}")
-        require(self.max_seq_length > 0, f"task.max_seq_length must be > 0, got {self.max_seq_length}")
-        require(0 <= self.doc_stride < self.max_seq_length,
+        require(self.doc_stride < self.max_seq_length,
                 f"task.doc_stride must be in [0, max_seq_length={self.max_seq_length}), got {self.doc_stride}")
-        require(self.n_best_size > 0, f"task.n_best_size must be > 0, got {self.n_best_size}")
-        require(self.max_answer_length > 0, f"task.max_answer_length must be > 0, got {self.max_answer_length}")
         valid = ["exact_match", "f1"] + (["best_exact", "best_f1", "HasAns_f1", "NoAns_f1"]
                                          if self.version_2_with_negative else [])
         require(self.main_metric in valid, f"task.main_metric must be one of {valid}, got '{self.main_metric}'")
@@ -163,24 +160,21 @@ class SquadTask(Task):
 @dataclass
 class SyntheticSquadConfig(GeneratedDataConfig, SquadConfig):
     dataset: str = "generated"
-    num_train: int = 400
-    num_validation: int = 100
-    unanswerable_ratio: float = 0.0  # fraction of unanswerable questions (needs version_2_with_negative)
-    min_facts: int = 2  # facts per context: more facts → longer contexts → more windows
+    num_train: PositiveInt = 400
+    num_validation: PositiveInt = 100
+    unanswerable_ratio: Dropout = 0.0  # fraction of unanswerable questions (needs version_2_with_negative)
+    min_facts: PositiveInt = 2  # facts per context: more facts → longer contexts → more windows
     max_facts: int = 10
-    max_fillers: int = 4  # filler sentences per context
-    max_seq_length: int = 64  # CPU-sized windows; contexts still need several
-    doc_stride: int = 24
+    max_fillers: NonNegativeInt = 4  # filler sentences per context
+    max_seq_length: PositiveInt = 64  # CPU-sized windows; contexts still need several
+    doc_stride: NonNegativeInt = 24
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(0.0 <= self.unanswerable_ratio < 1.0,
-                f"task.unanswerable_ratio must be in [0, 1), got {self.unanswerable_ratio}")
         require(self.unanswerable_ratio == 0.0 or self.version_2_with_negative,
                 "task.unanswerable_ratio > 0 needs task.version_2_with_negative=true")
-        require(1 <= self.min_facts <= self.max_facts <= 40,
+        require(self.min_facts <= self.max_facts <= 40,
                 f"need 1 <= task.min_facts <= task.max_facts <= 40, got {self.min_facts}, {self.max_facts}")
-        require(self.max_fillers >= 0, f"task.max_fillers must be >= 0, got {self.max_fillers}")
 
 
 @TASKS.register("squad_synthetic")

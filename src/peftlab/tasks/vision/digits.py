@@ -9,13 +9,14 @@ of a sweep sees the same images; the final protocol trains on train800 + val200 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from peftlab.config_utils import require
+from peftlab.config_utils import Range, Seed, require
 from peftlab.tasks import TASKS
 from peftlab.tasks.vision.image_task import ImageClassificationTask, ImageClsConfig, Item
 
@@ -37,8 +38,8 @@ def digit_splits(data_seed: int) -> dict[str, list[tuple[Image.Image, int]]]:
 
 @dataclass
 class DigitsConfig(ImageClsConfig):
-    num_classes: int = 10
-    data_seed: int = 1234
+    num_classes: Annotated[int, Range(2)] = 10
+    data_seed: Seed = 1234
 
     def __post_init__(self) -> None:
         super().__post_init__()

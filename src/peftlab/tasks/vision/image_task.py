@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from peftlab import metrics
-from peftlab.config_utils import require
+from peftlab.config_utils import PositiveInt, Range, require
 from peftlab.tasks.base import SPLITS, Task, TaskConfig, cat_outputs
 from peftlab.tasks.vision.transforms import INTERPOLATIONS, NORMALIZATIONS, image_transform
 
@@ -32,9 +32,9 @@ SUBSETS = ("train800", "val200", "train800val200", "test")
 
 @dataclass
 class ImageClsConfig(TaskConfig):
-    num_classes: int = 2
+    num_classes: Annotated[int, Range(2)] = 2
     main_metric: str = "top1"  # top-1 accuracy in %, the only metric VTAB-1k papers report
-    image_size: int | None = None  # None: the backbone's input size (224 for ViT-B/16)
+    image_size: PositiveInt | None = None  # None: the backbone's input size (224 for ViT-B/16)
     normalization: str = "backbone"  # backbone (its pretrained mean/std) | imagenet | inception
     interpolation: str | None = None  # None: the backbone's (bicubic for ViT)
     # subset feeding each split. Default = VTAB-1k's final protocol: train on all 1,000, report on test.
@@ -49,8 +49,6 @@ class ImageClsConfig(TaskConfig):
         bad = sorted(v for v in self.splits.values() if v not in SUBSETS)
         require(not bad, f"task.splits names unknown subset(s) {bad}; valid: {SUBSETS}")
         require(self.main_metric == "top1", f"task.main_metric of image tasks is 'top1', got '{self.main_metric}'")
-        require(self.num_classes >= 2, f"task.num_classes must be >= 2, got {self.num_classes}")
-        require(self.image_size is None or self.image_size > 0, f"task.image_size must be > 0, got {self.image_size}")
         require(self.normalization in NORMALIZATIONS,
                 f"task.normalization must be one of {sorted(NORMALIZATIONS)}, got '{self.normalization}'")
         require(self.interpolation is None or self.interpolation in INTERPOLATIONS,
