@@ -117,7 +117,8 @@ def test_cli_for_the_tiny_models_and_its_errors(capsys: pytest.CaptureFixture[st
                  "method.budget_unit=blocks", "method.budget=8", "--memory", "seq=8", "batch=2"]) == 0
     assert "warm-up (full)" in capsys.readouterr().out
     for bad, message in (("batch=0", "batch must be an integer >= 1 (e.g. batch=16), got 0"),
-                         ("precision=fp8", "precision must be one of ('bf16-mixed', '16-mixed', '32-true', 'bf16-master')"),
+                         ("precision=fp8", "precision must be one of ('bf16-mixed', '16-mixed', '32-true', "
+                                           "'bf16-master'), got 'fp8'"),
                          ("grad_checkpointing=maybe", "grad_checkpointing=maybe is not a boolean")):
         assert main(["model=tiny_llama", "task=commonsense_synthetic", "--memory", bad]) == 2
         assert message in capsys.readouterr().err
