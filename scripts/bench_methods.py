@@ -193,7 +193,9 @@ def measure(model: torch.nn.Module, method: Method, batch: dict[str, torch.Tenso
             times.append(time.perf_counter() - start)
         mem = {"params": tensor_bytes(model.parameters()), "buffers": tensor_bytes(model.buffers()),
                "grads": grad_bytes, "optimizer": tensor_bytes(optimizer),
-               "method_state": tensor_bytes(t for t in held_tensors(method) if storage_ptr(t) not in counted),
+               # on the device only: SMT's warm-up sums live in CPU memory on a GPU
+               "method_state": tensor_bytes(t for t in held_tensors(method)
+                                            if storage_ptr(t) not in counted and t.device.type == args.device),
                "activations": activations}
     out: dict[str, Any] = {"memory_bytes": mem, "memory_total_bytes": sum(mem.values()),
                            "step_time_s": statistics.median(times), "step_times_s": times}
