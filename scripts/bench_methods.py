@@ -278,6 +278,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def record_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags for a committed record: without ``--out``, a path of the machine the run was made on."""
+    return {k: v for k, v in vars(args).items() if k != "out"}
+
+
 def command_line(args: argparse.Namespace, skip: tuple[str, ...]) -> str:
     """The flags of ``args`` as they would be typed (lists spaced, switches bare, unset ones left out)."""
     flags = []
@@ -337,7 +342,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     record = {"created": results.now(), "git": results.git_commit(), "hardware": results.hardware(),
-              "versions": results.versions(), "args": vars(args), "model": model_spec(args).config, "rows": rows}
+              "versions": results.versions(), "args": record_args(args), "model": model_spec(args).config,
+              "rows": rows}
     stem = f"bench_methods_{'gpu' if args.device == 'cuda' else args.device}"
     command = command_line(args, skip=("out", "predict"))
     results.write_json_atomic(out / f"{stem}.json", record)

@@ -177,7 +177,8 @@ def paper_layer(args: argparse.Namespace, clock: Callable[[], float]) -> None:
                "fwd+bwd", stats, base)
     print(md)
     record = {"created": results.now(), "git": results.git_commit(), "hardware": results.hardware(),
-              "versions": results.versions(), "args": vars(args), "load_average": list(os.getloadavg()),
+              "versions": results.versions(), "args": bench_methods.record_args(args),
+              "load_average": list(os.getloadavg()),
               "paper_blocks": blocks, "layer": stats}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -220,7 +221,8 @@ def main() -> None:
                             layer, "LoRA r=8"), table("training step", step, "LoRA")])
     print(md)
     record = {"created": results.now(), "git": results.git_commit(), "hardware": results.hardware(),
-              "versions": results.versions(), "args": vars(args), "load_average": list(os.getloadavg()),
+              "versions": results.versions(), "args": bench_methods.record_args(args),
+              "load_average": list(os.getloadavg()),
               "layer": layer, "step": step, **info}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
