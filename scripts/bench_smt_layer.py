@@ -4,6 +4,7 @@ Usage:
     python scripts/bench_smt_layer.py                        # bench_methods' model (8 layers × 512), batch 4×128
     python scripts/bench_smt_layer.py --threads 2 --clock wall --pairs 30
     python scripts/bench_smt_layer.py --layers 2 --hidden 128 --pairs 3 --layer-reps 5 --out /tmp/b   # quick check
+    python scripts/bench_smt_layer.py --paper-layer      # LLaMA-7B's q/k/v layer at the commonsense batch (below)
 
 Two measurements, each alternating the variants (A, B, C, A, B, C, …) and reporting medians, quartiles and
 the median of the per-round ratios:
@@ -14,7 +15,13 @@ the median of the per-round ratios:
   the embeddings' output (the dense work both methods share).
 ``--clock cpu`` (default) times process CPU seconds with ``--threads 1``: another process on the same
 cores adds wall time but not CPU time, so ratios stay stable on a busy machine. Writes
-``<out>/bench_smt_layer_<device>.json`` and ``.md``.
+``<out>/bench_smt_layer_cpu.json`` and ``.md``.
+
+``--paper-layer`` instead times the ``layer`` measurement at LLaMA-7B's real q/k/v shape (4096×4096, the
+commonsense batch of 16 × 256 = 4,096 tokens, fp32 on the CPU) against LoRA r=32 (the SMT paper's baseline) and
+the frozen layer, with SMT at the block counts the paper's budget gives a matrix (863 blocks of 256² over LLaMA-7B's
+96 q/k/v matrices, from ``python -m peftlab.budget model=llama_7b method=smt``): spread evenly (≈ 9 per matrix), all
+on V (≈ 27), and a whole matrix (256). Writes ``<out>/smt_layer_llama7b_cpu.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import transformers
 from torch import nn
 
 from peftlab import results
+from peftlab.budget import compose, count
 from peftlab.methods.base import count_parameters
 from peftlab.methods.smt.layer import BlockSparseLinear
 
@@ -68,13 +76,14 @@ def summary(times: dict[str, list[float]], base: str) -> dict[str, dict[str, flo
     return out
 
 
-def layer_variants(hidden: int, tokens: int, block_size: int, ks: list[int]) -> dict[str, Callable[[], None]]:
+def layer_variants(hidden: int, tokens: int, block_size: int, ks: list[int], rank: int = 8
+                   ) -> dict[str, Callable[[], None]]:
     torch.manual_seed(0)
     base = nn.Linear(hidden, hidden, bias=False).requires_grad_(False)
     x0, g = torch.randn(tokens, hidden), torch.randn(tokens, hidden)
     lora = peft.get_peft_model(nn.Sequential(copy.deepcopy(base)),
-                               peft.LoraConfig(r=8, lora_alpha=16, target_modules=["0"]))
-    modules: dict[str, nn.Module] = {"frozen linear": base, "LoRA r=8": lora}
+                               peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["0"]))
+    modules: dict[str, nn.Module] = {"frozen linear": base, f"LoRA r={rank}": lora}
     n_blocks = (hidden // block_size) ** 2
     for k in ks:
         smt = BlockSparseLinear(copy.deepcopy(base), torch.randperm(n_blocks)[:k].tolist(), block_size)
@@ -90,7 +99,9 @@ def layer_variants(hidden: int, tokens: int, block_size: int, ks: list[int]) -> 
 
 
 def step_variants(args: argparse.Namespace) -> tuple[dict[str, Callable[[], None]], dict[str, Any]]:
-    spec = bench_methods.model_spec(args)
+    shape = [f"--{k}={getattr(args, k)}" for k in ("layers", "hidden", "heads", "vocab", "batch", "seq")]
+    spec = bench_methods.model_spec(bench_methods.parse_args(
+        shape + ([f"--intermediate={args.intermediate}"] if args.intermediate else [])))
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, args.vocab, (args.batch, args.seq), generator=gen)
     batch = {"input_ids": ids, "labels": ids}
@@ -145,6 +156,44 @@ def table(title: str, stats: dict[str, dict[str, float]], base: str) -> str:
     return "\n".join(lines)
 
 
+def paper_blocks() -> dict[str, int]:
+    """SMT blocks per q/k/v matrix of LLaMA-7B at the paper's budget (0.84%): spread evenly, or all on V."""
+    cfg = compose(["model=llama_7b", "task=commonsense", "method=smt"])
+    block = cfg.method.block_size
+    blocks = count(cfg).trainable // block**2  # 863
+    layers = cfg.model.config.num_hidden_layers
+    return {"spread over q, k, v": round(blocks / (3 * layers)), "all on V": round(blocks / layers),
+            "whole matrix": (cfg.model.config.hidden_size // block) ** 2, "total": blocks, "block_size": block}
+
+
+def paper_layer(args: argparse.Namespace, clock: Callable[[], float]) -> None:
+    """The ``layer`` measurement at LLaMA-7B's q/k/v shape (see the module docstring)."""
+    blocks = paper_blocks()
+    ks = [blocks["spread over q, k, v"], blocks["all on V"], blocks["whole matrix"]]
+    variants = layer_variants(args.paper_hidden, args.paper_tokens, blocks["block_size"], ks, args.paper_rank)
+    base = f"LoRA r={args.paper_rank}"
+    stats = summary(interleaved(variants, args.paper_reps, clock), base)
+    md = table(f"one {args.paper_hidden}×{args.paper_hidden} linear (LLaMA-7B q/k/v), {args.paper_tokens} tokens, "
+               "fwd+bwd", stats, base)
+    print(md)
+    record = {"created": results.now(), "git": results.git_commit(), "hardware": results.hardware(),
+              "versions": results.versions(), "args": bench_methods.record_args(args),
+              "load_average": list(os.getloadavg()),
+              "paper_blocks": blocks, "layer": stats}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results.write_json_atomic(out / "smt_layer_llama7b_cpu.json", record)
+    flags = bench_methods.command_line(args, skip=("out", "layers", "hidden", "heads", "vocab", "batch", "seq",
+                                                   "block_size", "pairs", "layer_reps", "ks", "intermediate"))
+    (out / "smt_layer_llama7b_cpu.md").write_text(
+        f"# SMT layer at LLaMA-7B's q/k/v shape vs LoRA r={args.paper_rank}, interleaved ({args.clock} clock, "
+        f"{args.threads} thread(s))\n\nProduced by `python scripts/bench_smt_layer.py {flags}` on "
+        f"{record['hardware']['processor']} ({record['created']}, commit {record['git']['commit']}, load average "
+        f"{record['load_average']}). SMT at the paper's budget: {blocks['total']} blocks of {blocks['block_size']}² "
+        f"over LLaMA-7B's q, k, v matrices → {ks[0]} per matrix spread evenly, {ks[1]} if all on V; {ks[2]} = the "
+        f"whole matrix. fp32 on the CPU; forward + backward with the input gradient, as inside a network.\n\n{md}\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     for flag, default in (("layers", 8), ("hidden", 512), ("heads", 8), ("vocab", 8000), ("batch", 4), ("seq", 128),
@@ -153,10 +202,16 @@ def main() -> None:
     parser.add_argument("--intermediate", type=int, default=None)
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 5, 19, 32], help="SMT blocks in the layer test")
     parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu")
+    parser.add_argument("--paper-layer", action="store_true", help="only the LLaMA-7B q/k/v layer run (docstring)")
+    for flag, default in (("paper-hidden", 4096), ("paper-tokens", 16 * 256), ("paper-rank", 32), ("paper-reps", 6)):
+        parser.add_argument(f"--{flag}", type=int, default=default)
     parser.add_argument("--out", default=str(bench_methods.ROOT / "results/bench"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.paper_layer:
+        paper_layer(args, clock)
+        return
     layer = summary(interleaved(layer_variants(args.hidden, args.batch * args.seq, args.block_size, args.ks),
                                 args.layer_reps, clock), "LoRA r=8")
     variants, info = step_variants(args)
@@ -166,7 +221,8 @@ def main() -> None:
                             layer, "LoRA r=8"), table("training step", step, "LoRA")])
     print(md)
     record = {"created": results.now(), "git": results.git_commit(), "hardware": results.hardware(),
-              "versions": results.versions(), "args": vars(args), "load_average": list(os.getloadavg()),
+              "versions": results.versions(), "args": bench_methods.record_args(args),
+              "load_average": list(os.getloadavg()),
               "layer": layer, "step": step, **info}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

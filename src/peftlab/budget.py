@@ -9,6 +9,8 @@ config's ``default_task`` is used when no ``task=`` is given: the LLaMA models c
     python -m peftlab.budget model=llama_7b task=commonsense method=dora --solve method.r --target 0.84%
     python -m peftlab.budget model=roberta_base method=smt --solve method.<knob> --match method=lora method.r=8
     python -m peftlab.budget model=llama_7b method=smt                 # task=commonsense: 863 blocks of 256²
+    python -m peftlab.budget model=llama_7b task=commonsense method=smt --memory batch=16 seq=256 \
+        precision=bf16-mixed grad_checkpointing=true      # predicted training memory (peftlab.memory)
 
 The backbone is built on the meta device (no memory, no download) from the architecture dimensions kept
 under ``config:`` in ``conf/model/<name>.yaml`` (or, without them, from a local/cached ``config.json``);
@@ -183,8 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", help="target trainable count: 56.1M, 300k, 1.2e6, or 0.83%% of the base model")
     parser.add_argument("--match", nargs="+", metavar="OVERRIDE",
                         help="target = the trainable count of these overrides on the same model and task")
-    args = parser.parse_args(argv)
+    parser.add_argument("--memory", action="store_true", help="predicted training memory (docs/memory.md); "
+                        "settings batch= seq= precision= grad_checkpointing= ... among the overrides")
+    args = parser.parse_intermixed_args(argv)
     try:
+        if args.memory:
+            from peftlab.memory import report  # noqa: PLC0415  (peftlab.memory imports this module)
+
+            require(args.solve is None, "--memory and --solve are separate modes: run them one at a time")
+            print(report(args.overrides))
+            return 0
         args.overrides = with_default_task(args.overrides)
         cfg = compose(args.overrides)
         if not args.solve:

@@ -15,7 +15,8 @@ memory saving the paper claims. Departures:
   fresh moments;
 - the draw for period p comes from a generator seeded by (``sample_seed``, p) instead of numpy's global
   stream, so a resumed run continues the same sequence and the run seed fixes it;
-- blocks are the largest ``nn.ModuleList`` of the model (``layers`` names another), so any architecture works.
+- blocks are the model's largest list of same-type modules (an ``nn.ModuleList``, or an ``nn.Sequential`` such as
+  timm's ViT ``blocks``; ``layers`` names another), so any architecture works.
 
 Several processes (DDP): every process draws the same blocks (checked at each draw), and the module re-wraps DDP
 around the new trainable set, so the newly drawn blocks are averaged like the rest (docs/multi_gpu.md).
@@ -42,20 +43,22 @@ class LisaConfig(MethodConfig):
     activated_layers: PositiveInt = 2  # γ: blocks trained at a time (LMFlow default 2; paper ablates 2/4/8)
     interval_steps: PositiveInt = 20  # K: optimizer steps between draws (LMFlow default 20)
     sample_seed: int = 0  # seeds the draws; conf/method/lisa.yaml sets it to the run seed
-    layers: str | None = None  # module path of the block list; None: the model's largest nn.ModuleList
+    layers: str | None = None  # module path of the block list; None: the model's largest list of same-type blocks
 
 
-def transformer_blocks(model: nn.Module, path: str | None) -> tuple[str, nn.ModuleList]:
-    """``(path, blocks)``: the ``nn.ModuleList`` at ``path``, or the one holding the most parameters."""
+def transformer_blocks(model: nn.Module, path: str | None) -> tuple[str, nn.ModuleList | nn.Sequential]:
+    """``(path, blocks)``: the block list at ``path``, or the ``nn.ModuleList``/``nn.Sequential`` of same-type
+    modules holding the most parameters."""
     if path is not None:
         modules = dict(model.named_modules())
         require(path in modules, f"method.layers='{path}' is not a module of the model")
         blocks = modules[path]
-        require(isinstance(blocks, nn.ModuleList), f"method.layers='{path}' is a {type(blocks).__name__}, "
-                "not an nn.ModuleList of blocks")
+        require(isinstance(blocks, (nn.ModuleList, nn.Sequential)), f"method.layers='{path}' is a "
+                f"{type(blocks).__name__}, not an nn.ModuleList or nn.Sequential of blocks")
         return path, blocks
-    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
-    require(bool(lists), "LISA found no nn.ModuleList of transformer blocks; name it with method.layers")
+    lists = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.ModuleList, nn.Sequential))
+             and len(m) > 0 and len({type(b) for b in m}) == 1]
+    require(bool(lists), "found no nn.ModuleList (or nn.Sequential) of transformer blocks; name it with method.layers")
     return max(lists, key=lambda nm: sum(p.numel() for p in nm[1].parameters()))
 
 
