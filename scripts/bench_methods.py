@@ -37,6 +37,7 @@ from peftlab.memory import MemorySetting, predict
 from peftlab.methods import build_method
 from peftlab.methods.base import Method, count_parameters
 from peftlab.models import ModelSpec, load_backbone
+from peftlab.precision import PrecisionRule
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,17 +100,10 @@ def make_method(setting: dict[str, Any], fill: dict[str, Any]) -> Method:
     return build_method(method_node(setting, fill))
 
 
-def precision_rule(model: torch.nn.Module, batch: dict[str, torch.Tensor], args: argparse.Namespace) -> None:
-    """The parameters that keep a gradient after a backward pass (the trained ones: not those a gradient phase
-    only probes, e.g. SMT's ``grad_only`` warm-up, whose gradients are freed as they are summed) cast to fp32; the
-    others keep their load dtype, as a ``bf16-mixed`` run keeps them."""
-    with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.precision == "bf16-mixed"):
-        loss = model(**batch).loss
-    loss.backward()
-    for p in model.parameters():
-        if p.grad is not None:
-            p.grad = None
-            p.data = p.data.float()
+def precision_rule(model: torch.nn.Module, method: Method) -> None:
+    """The run's precision rule (:mod:`peftlab.precision`): the method's trained tensors fp32, the others in their
+    load dtype (bf16 under ``--precision bf16-mixed``)."""
+    PrecisionRule().apply(model, method.trained_parameters(model))
 
 
 def held_tensors(obj: Any) -> list[torch.Tensor]:
@@ -232,7 +226,7 @@ def run_setting(setting: dict[str, Any], spec: ModelSpec, batch: dict[str, torch
     method.on_fit_start(model, args.steps + 2)
     if setting.get("phase", "train") == "train":  # SMT's warm-up / SPT's sensitivity pass, then the switch
         model = method.gradient_phase(model, itertools.repeat(batch))
-    precision_rule(model, batch, args)
+    precision_rule(model, method)
     trainable, total = count_parameters(model)
     row = {"label": setting["label"], "method": setting["method"], "phase": setting.get("phase", "train"),
            "overrides": {k: fill.get(str(v)[1:-1], v) for k, v in setting["overrides"].items()},
