@@ -207,13 +207,13 @@ def _smt(method: Any, model: nn.Module, setting: MemorySetting, state: dict[str,
     yield Phase("warmup", f"warm-up ({c.warmup_mode})", probed, held_device=0 if setting.offload else sums,
                 held_cpu=sums if setting.offload else 0)
     if state is None:
-        selection = spread_selection(method.pools, method.budgets, c.block_size)
-        notes.append(f"SMT: {sum(map(len, selection.values()))} blocks of {c.block_size}² spread over "
+        selection = spread_selection(method.pools, method.budgets, method.block_size)
+        notes.append(f"SMT: {sum(map(len, selection.values()))} blocks of {method.block_size}² spread over "
                      f"{len(selection)} matrices, distinct column-blocks (no run's selection given: the worst case "
                      f"for activations); warm-up gradient sums {where}")
     else:
         selection = {n: list(b) for n, b in state["selection"].items()}
-    method.load_method_state(model, {"phase": "blocks", "block_size": c.block_size, "selection": selection})
+    method.load_method_state(model, {"phase": "blocks", "block_size": method.block_size, "selection": selection})
     yield Phase("train", "block training")
 
 
@@ -560,6 +560,8 @@ def describe(cfg: DictConfig, setting: MemorySetting, pred: Prediction) -> str:
         moment = max(s.moments, key=lambda m: s.moments[m])
         lines.append(f"peak of {pred.labels[p]}: {gib(s.peak)} GiB at the {moment}"
                      + (f"; + {gib(s.offloaded)} GiB in CPU memory" if s.offloaded else ""))
-    lines.append(f"peak: {gib(pred.peak)} GiB (fits one GPU of: {fits(pred.peak)} GiB)")
+    sizes = fits(pred.peak)
+    lines.append(f"peak: {gib(pred.peak)} GiB (" + (f"fits one GPU of: {sizes} GiB)" if sizes != "none" else
+                                                   f"fits none of the GPU sizes {', '.join(map(str, GPUS))} GiB)"))
     lines += [f"assumed: {n}" for n in pred.notes]
     return "\n".join(lines)

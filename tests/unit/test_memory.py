@@ -109,9 +109,11 @@ def test_cli_for_the_tiny_models_and_its_errors(capsys: pytest.CaptureFixture[st
                  "grad_checkpointing=true"]) == 0
     out = capsys.readouterr().out
     assert "pixel_values 4×3×" in out and "peak:" in out and "fits one GPU of: 24, 40, 80 GiB" in out
-    assert main(["model=tiny_llama", "task=commonsense_synthetic", "method=smt", "method.block_size=16",
-                 "method.budget_unit=blocks", "method.budget=8", "--memory", "seq=8", "batch=2"]) == 0
-    assert "warm-up (full)" in capsys.readouterr().out
+    # SMT's default block_size=auto, and the task the model's config names (as budget without --memory)
+    assert main(["model=tiny_llama", "method=smt", "method.budget_unit=blocks", "method.budget=4", "--memory",
+                 "seq=8", "batch=2"]) == 0
+    out = capsys.readouterr().out
+    assert "warm-up (full)" in out and "task=commonsense_synthetic" in out and "4 blocks of 64²" in out
     for bad, message in (("batch=0", "batch must be an integer >= 1 (e.g. batch=16), got 0"),
                          ("precision=fp8", "precision must be one of ('bf16-mixed', '16-mixed', '32-true', "
                                            "'bf16-master'), got 'fp8'"),
