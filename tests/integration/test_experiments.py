@@ -19,8 +19,8 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from peftlab import budget, train
 from peftlab import reproduce as rp
-from peftlab import train
 from tests.conftest import ROOT
 
 TABLES = rp.experiment_names()
@@ -299,3 +299,32 @@ def test_tiny_mini_point_end_to_end_then_skipped(tmp_path: Path) -> None:
     assert record["command"].startswith("python train.py experiment=capaboost_vtab ") and "seed=0" in record["command"]
     again = subprocess.run([*cmd[:cmd.index("--")], "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "1 already complete" in again.stdout and "0 to run" in again.stdout
+
+
+def _distinct_method_cells() -> list[tuple[str, rp.Point]]:
+    """One cell per (table, model, method config, head): what decides whether the method fits the model."""
+    out, seen = [], set()
+    for table in TABLES:
+        for point in _cells(table):
+            cfg = _compose(table, point)
+            key = (cfg.model.name, json.dumps(OmegaConf.to_container(cfg.method, resolve=True), sort_keys=True),
+                   str(cfg.task.get("num_labels")))
+            if key not in seen:
+                seen.add(key)
+                out.append((table, point))
+    return out
+
+
+METHOD_CELLS = _distinct_method_cells()
+
+
+@pytest.mark.parametrize(("table", "point"), [
+    # SHiRA draws its random supports over LLaMA-7B's 6.5G weight elements on the CPU: ~4 min, so slow
+    pytest.param(t, p, marks=[pytest.mark.slow] if p.method == "shira" and "llama" in _compose(t, p).model.name else [])
+    for t, p in METHOD_CELLS], ids=[f"{t}:{p.method}:{p.task}:{p.budget}" for t, p in METHOD_CELLS])
+def test_every_cell_applies_its_method_to_its_model(table: str, point: rp.Point) -> None:
+    """The method of every cell is applied to the cell's model at its real shape (meta device, no download), as a run
+    applies it before any data loads: a budget the model cannot hold (e.g. SPT at rank 8 on LLaMA-7B) fails here, not
+    after a researcher's job has queued for a GPU."""
+    cfg = _compose(table, point)
+    assert budget.count(cfg).trainable > 0
