@@ -54,7 +54,8 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         self._discover()
         if name not in self._items:
-            raise ConfigError(f"unknown {self.kind} '{name}'; valid {self.kind}s: {', '.join(self.names())}")
+            kinds = f"{self.kind[:-1]}ies" if self.kind.endswith("y") else f"{self.kind}s"
+            raise ConfigError(f"unknown {self.kind} '{name}'; valid {kinds}: {', '.join(self.names())}")
         return self._items[name]
 
     def build(self, cfg: Mapping[str, Any], key: str) -> Any:

@@ -28,7 +28,7 @@ def test_unknown_method_name_lists_valid_ones() -> None:
 
 
 def test_unknown_task_family_lists_valid_ones() -> None:
-    with pytest.raises(ConfigError, match=r"unknown task family 'nope'; valid task familys?: .*glue"):
+    with pytest.raises(ConfigError, match=r"unknown task family 'nope'; valid task families: .*glue"):
         build_task({"family": "nope", "name": "x"})
 
 
