@@ -2,7 +2,8 @@
 # Device check: the multi-process paths that cannot run on a CPU-only machine (docs/multi_gpu.md).
 #
 #   bash scripts/device_check.sh                  # every GPU of the machine (one is enough); sized for < 8 min
-#                                                 # on one GPU (an estimate: not yet run on a GPU)
+#                                                 # on one GPU + ~5 min of memory check (estimates: not yet run
+#                                                 # on a GPU); MEMORY_CHECK=0 leaves the memory check out
 #   OUT=/some/dir bash scripts/device_check.sh    # logs, records and summary.tsv under $OUT
 #   DEVICE_CHECK_CPU=1 bash scripts/device_check.sh   # dry run of the same checks on CPU (2 processes over gloo;
 #                                                 # FSDP training is skipped: Lightning's FSDP needs CUDA)
@@ -139,6 +140,15 @@ check ddp_full            train        trainer=ddp method=full method.lr=1e-4
 check fsdp_lora           train+export trainer=fsdp method=lora method.lr=1e-3 "${FSDP_UNITS[@]}"
 check fsdp_full           train+export trainer=fsdp method=full method.lr=1e-4 "${FSDP_UNITS[@]}"
 check fsdp_smt_refused    "refused:changes its trainable tensors during training" trainer=fsdp "${SMT[@]}"
+# the memory model against torch.cuda.max_memory_allocated on a LLaMA-1B shape, then bench_methods --device cuda
+# (results/bench/memory_check_gpu.md, bench_methods_gpu.md; ~5 more minutes); MEMORY_CHECK=0 leaves it out
+if [ "${MEMORY_CHECK:-1}" = 1 ]; then
+  if [ "${DEVICE_CHECK_CPU:-0}" = 1 ]; then
+    check_cmd memory_prediction "$PY" scripts/device_check_memory.py --dry-run
+  else
+    check_cmd memory_prediction "$PY" scripts/device_check_memory.py
+  fi
+fi
 
 echo "[device_check] summary: $OUT/summary.tsv"
 exit $FAILED
