@@ -234,7 +234,10 @@ def _spt(method: Any, model: nn.Module, setting: MemorySetting, state: dict[str,
         state = {"phase": "tuned", "tau": None, "plan": plan}
         notes.append(f"SPT: LoRA rank {method.config.rank} on the first {len(plan)} target matrices "
                      f"({total:,} params; no run's allocation given)")
-    method.load_method_state(model, state)
+    # inside the model's fake mode: registering a parametrization evaluates W + B A once, which on B, A created
+    # for real costs a real bf16 matmul per matrix (minutes at 7B); SPT's conversion has no data-dependent op
+    with next(p for p in model.parameters() if isinstance(p, FakeTensor)).fake_mode:
+        method.load_method_state(model, state)
     yield Phase("train", "training")
 
 
