@@ -185,8 +185,10 @@ def _strategy_kind(value: Any) -> str:
     return "fsdp" if target.endswith("FSDPStrategy") else "deepspeed" if "DeepSpeed" in target else "other"
 
 
-def check_strategy(strategy: Any, method_name: str, changes_trainable_set: bool) -> None:
-    """Fail before anything loads when ``trainer.strategy`` cannot train this method correctly."""
+def check_strategy(strategy: Any, method_name: str, changes_trainable_set: bool,
+                   frozen_dtype: str | None = None) -> None:
+    """Fail before anything loads when ``trainer.strategy`` cannot train this method correctly (``frozen_dtype``:
+    the load dtype of the weights the method keeps frozen, None when it trains every weight)."""
     kind = _strategy_kind(strategy)
     if kind == "ddp" and isinstance(strategy, str):
         start = StrategyRegistry[strategy]["init_params"].get("start_method", "popen")
@@ -197,6 +199,11 @@ def check_strategy(strategy: Any, method_name: str, changes_trainable_set: bool)
             "says why); use trainer=fsdp to shard parameters and optimizer state")
     require(kind != "fsdp" or not changes_trainable_set, f"method={method_name} changes its trainable tensors "
             "during training, which FSDP's flat parameters cannot follow; use trainer=ddp (docs/multi_gpu.md)")
+    # torch FSDP flattens each unit into tensors of one dtype; the precision rule trains fp32 tensors beside them
+    require(kind != "fsdp" or frozen_dtype in (None, "float32"), f"trainer.strategy=fsdp with model.dtype="
+            f"{frozen_dtype}: FSDP flattens each unit into one dtype, and method={method_name} trains fp32 tensors "
+            "beside the frozen half-precision weights; set model.dtype=float32 (bf16-mixed still computes in bf16; "
+            "docs/precision.md)")
 
 
 def build_strategy(strategy: Any) -> Any:

@@ -66,16 +66,17 @@ def validate_config(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
     if method.config.targets:
         _check_targets(spec, list(method.config.targets))
     _check_trainer(cfg)
-    _validate_processes(cfg, method)
+    _validate_processes(cfg, spec, method)
     return spec, method, task
 
 
-def _validate_processes(cfg: DictConfig, method: Method) -> None:
+def _validate_processes(cfg: DictConfig, spec: ModelSpec, method: Method) -> None:
     """Multi-process settings that cannot give the single-process answer (docs/multi_gpu.md)."""
     trainer = cfg.get("trainer") or {}
     require(not trainer.get("use_distributed_sampler", False), "trainer.use_distributed_sampler must stay false: "
             "peftlab's samplers shard the data per process themselves (docs/multi_gpu.md)")
-    distributed.check_strategy(trainer.get("strategy", "auto"), method.name, method.changes_trainable_set)
+    distributed.check_strategy(trainer.get("strategy", "auto"), method.name, method.changes_trainable_set,
+                               frozen_dtype=spec.dtype if method.name != "full" else None)
 
 
 def _check_pairing(spec: ModelSpec, task: Task) -> None:
