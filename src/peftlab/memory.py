@@ -367,6 +367,9 @@ def measure_activations(model: nn.Module, batch: Batch, loss_fn: LossFn, autocas
     exclude = {_key(t) for t in itertools.chain(model.parameters(), model.buffers())}
     saved: dict[int, tuple[int, int | None, bool]] = {}  # storage → (bytes, block or None, weight copy)
     inputs: dict[int, int] = {}
+    # the block inputs stay referenced until the forward ends: a storage freed earlier could hand its identity
+    # (``_key``) to a later saved tensor, which would then be taken for a block input (a count that varied by run)
+    held: list[torch.Tensor] = []
     where: list[int | None] = [None]
 
     def pack(t: torch.Tensor) -> torch.Tensor:
@@ -383,6 +386,7 @@ def measure_activations(model: nn.Module, batch: Batch, loss_fn: LossFn, autocas
             for t in torch.utils._pytree.tree_leaves((args, kwargs)):
                 if isinstance(t, torch.Tensor) and _key(t) not in exclude:
                     inputs[_key(t)] = t.untyped_storage().nbytes()
+                    held.append(t)
         return hook
 
     def leave(*_: Any) -> None:
