@@ -367,8 +367,9 @@ def measure_activations(model: nn.Module, batch: Batch, loss_fn: LossFn, autocas
     exclude = {_key(t) for t in itertools.chain(model.parameters(), model.buffers())}
     saved: dict[int, tuple[int, int | None, bool]] = {}  # storage → (bytes, block or None, weight copy)
     inputs: dict[int, int] = {}
-    # the block inputs stay referenced until the forward ends: a storage freed earlier could hand its identity
-    # (``_key``) to a later saved tensor, which would then be taken for a block input (a count that varied by run)
+    # every counted tensor stays referenced until the forward ends: a storage freed earlier (a block input nothing
+    # saves, a saved tensor of a discarded branch) could hand its identity (``_key``) to a later saved tensor, which
+    # would then be skipped (the count varied from run to run)
     held: list[torch.Tensor] = []
     where: list[int | None] = [None]
 
@@ -378,6 +379,7 @@ def measure_activations(model: nn.Module, batch: Batch, loss_fn: LossFn, autocas
             key = _key(part)
             if key not in exclude and key not in saved:
                 saved[key] = (part.untyped_storage().nbytes(), where[0], copy_)
+                held.append(part)
         return t
 
     def enter(i: int) -> Callable[..., None]:
