@@ -155,7 +155,6 @@ class Phase:
 
     key: str  # "warmup" (the gradient phase) or "train"
     label: str
-    probed: set[int] = field(default_factory=set)  # ids of parameters that get a gradient, summed and freed at once
     held_device: int = 0  # bytes the method holds on the device
     held_cpu: int = 0  # bytes the method holds in CPU memory
 
@@ -202,9 +201,8 @@ def _smt(method: Any, model: nn.Module, setting: MemorySetting, state: dict[str,
     c = method.config
     eligible = [m.weight for pool in method.pools.values() for m in pool.values()]
     sums = FP32 * _numel(eligible)
-    probed = {id(w) for w in eligible} if c.warmup_mode == "grad_only" else set()
     where = "in CPU memory" if setting.offload else "on the device"
-    yield Phase("warmup", f"warm-up ({c.warmup_mode})", probed, held_device=0 if setting.offload else sums,
+    yield Phase("warmup", f"warm-up ({c.warmup_mode})", held_device=0 if setting.offload else sums,
                 held_cpu=sums if setting.offload else 0)
     if state is None:
         selection = spread_selection(method.pools, method.budgets, method.block_size)
@@ -224,7 +222,7 @@ def _spt(method: Any, model: nn.Module, setting: MemorySetting, state: dict[str,
     ``state`` or, without one, rank-r LoRA on the target matrices in module order until the budget is reached."""
     params = dict(model.named_parameters())
     candidates = [params[e.name] for e in method.entries]
-    yield Phase("warmup", "sensitivity pass", {id(p) for p in candidates}, FP32 * _numel(candidates))
+    yield Phase("warmup", "sensitivity pass", FP32 * _numel(candidates))
     if state is None:
         plan, total = {}, 0
         for e in method.entries:
@@ -414,11 +412,13 @@ def measure_activations(model: nn.Module, batch: Batch, loss_fn: LossFn, autocas
 # the prediction
 
 
-def _split(model: nn.Module, phase: Phase, setting: MemorySetting, acts: Activations, backbone_buffers: int) -> Split:
-    """The split of one phase; parameters carry the dtypes the precision rule gives them in this phase."""
+def _split(model: nn.Module, phase: Phase, probed: set[int], setting: MemorySetting, acts: Activations,
+           backbone_buffers: int) -> Split:
+    """The split of one phase; parameters carry the dtypes the precision rule gives them in this phase; ``probed``:
+    ids of the parameters whose gradient the method sums and frees at once (never updated)."""
     params = list({id(p): p for p in model.parameters()}.values())
-    trained = [p for p in params if p.requires_grad and id(p) not in phase.probed]
-    frozen = [p for p in params if not (p.requires_grad and id(p) not in phase.probed)]
+    trained = [p for p in params if p.requires_grad and id(p) not in probed]
+    frozen = [p for p in params if not (p.requires_grad and id(p) not in probed)]
     trained_bytes = sum(p.numel() * p.itemsize for p in trained)
     s = Split(trainable=_numel(trained), frozen_weights=sum(p.numel() * p.itemsize for p in frozen) + backbone_buffers,
               trained_params=trained_bytes,
@@ -436,7 +436,7 @@ def _split(model: nn.Module, phase: Phase, setting: MemorySetting, acts: Activat
         s.master_copies = s.optimizer_state = 0
     states = s.frozen_weights + s.trained_params + s.master_copies + s.optimizer_state + s.method_state
     largest = max([p.numel() * FP32 for p in trained], default=0) if not setting.optimizer_offload else 0
-    probe = max([p.numel() * p.itemsize for p in params if id(p) in phase.probed], default=0)
+    probe = max([p.numel() * p.itemsize for p in params if id(p) in probed], default=0)
     s.moments = {"end of forward": states + s.activations,
                  "start of backward": states + s.activations - acts.weight_copies + 2 * acts.largest_outside + probe,
                  "optimizer step": states + s.gradients + (FP32 * _numel(trained) if setting.foreach
@@ -474,13 +474,15 @@ def predict(spec: ModelSpec, method_node: DictConfig | dict[str, Any], head: str
         _fakeify(model, mode)  # tensors a planner's restructuring created for real
         params = {id(p): p for p in model.parameters()}
         load.update({i: p.dtype for i, p in params.items() if i not in load})
-        trained = {i for i, p in params.items() if p.requires_grad and i not in phase.probed}
+        # what the method probes in this phase (SMT's grad_only warm-up, SPT's sensitivity pass), as a run asks it
+        probed = {id(p) for n, p in model.named_parameters() if n in method.probed_parameters(model)}
+        trained = {i for i, p in params.items() if p.requires_grad and i not in probed}
         if setting.precision == "bf16-master":  # DeepSpeed bf16: the whole model in bf16
             _set_dtypes(model, dict.fromkeys(params, torch.bfloat16), mode)
         else:  # the precision rule: trained tensors fp32, frozen ones in their load dtype
             _set_dtypes(model, {i: torch.float32 if i in trained else load[i] for i in params}, mode)
         acts = measure_activations(model, batch, loss_fn, AUTOCAST.get(setting.precision), mode)
-        phases[phase.key] = _split(model, phase, setting, acts, backbone_buffers)
+        phases[phase.key] = _split(model, phase, probed, setting, acts, backbone_buffers)
         labels[phase.key] = phase.label
         _set_dtypes(model, load, mode)  # load dtypes again before the next phase restructures the model
     inputs = ", ".join(f"{k} {'×'.join(map(str, v.shape))}" for k, v in batch.items() if v.dim() > 1)
