@@ -58,6 +58,7 @@ def validate_config(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
     ``peftlab.run_config``, the model, method and task), the model able to serve the task, the method's targets,
     the trainer's options. What the budget calculator needs, without data or outputs."""
     build_dataclass(RunConfig, top_level(cfg), "config", "")
+    require("lr" not in cfg.optim, "optim.lr is not a setting: the learning rate is method.lr (e.g. method.lr=1e-3)")
     optim_config = build_dataclass(OptimConfig, cfg.optim, "optim", "optim")
     spec = build_dataclass(ModelSpec, cfg.model, f"model '{cfg.model.get('name')}'", "model")
     method = build_method(cfg.method)

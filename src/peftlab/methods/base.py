@@ -172,6 +172,14 @@ def head_module_names(model: nn.Module, spec: ModelSpec) -> list[str]:
     return names
 
 
+def head_parameter_count(model: nn.Module, spec: ModelSpec) -> int:
+    """Parameters of the task-head modules of ``model`` (:func:`head_module_names`), tied tensors once: what a trained
+    head adds to a trainable count (papers' "#Params" columns count the method alone, e.g. LoRA r=8 on RoBERTa-base's
+    q, v: 294,912, the LoRA paper's 0.3M)."""
+    heads = [model.get_submodule(name) for name in head_module_names(model, spec)]
+    return sum({id(p): p.numel() for head in heads for p in head.parameters()}.values())
+
+
 def unfreeze_head(model: nn.Module, spec: ModelSpec) -> None:
     """Make the task-head parameters trainable."""
     for name in head_module_names(model, spec):
