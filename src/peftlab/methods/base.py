@@ -29,7 +29,7 @@ class MethodConfig:
     when the config is built (``peftlab.config_utils.build_dataclass``); ``__post_init__`` checks the rest."""
 
     name: str
-    lr: PositiveFloat = 1e-4  # learning rate this method is usually trained with (optim.lr follows it)
+    lr: PositiveFloat = 1e-4  # the run's learning rate (the optimizer's, peftlab.optim; SMT: its warm-up's)
     train_head: bool = True  # also train the task head (classifier) named in the model config
     targets: list[str] = field(default_factory=list)  # logical module names (see conf/model/*.yaml)
 
