@@ -99,12 +99,17 @@ class MetaTrainingArguments(TrainingArguments):
         return False
 
 
+def point(cell: Cell) -> rp.Point:
+    """The cell's first seed in its table's full plan."""
+    return next(p for p in rp.plan(cell.table).points if (p.method, p.task, p.budget) == (cell.method, cell.task,
+                                                                                           cell.budget))
+
+
 def compose_cell(cell: Cell) -> DictConfig:
     if cell.table is None:
         return compose_config([])
-    (point,) = [p for p in rp.plan(cell.table).points if (p.method, p.task, p.budget) == (cell.method, cell.task,
-                                                                                           cell.budget)][:1]
-    return rp.compose_config([f"experiment={cell.table}", *point.overrides, f"seed={point.seed}"])
+    p = point(cell)
+    return rp.compose_config([f"experiment={cell.table}", *p.overrides, f"seed={p.seed}"])
 
 
 _BASES: dict[tuple[str, str, int | None], nn.Module] = {}  # the meta backbones built so far
@@ -164,9 +169,7 @@ def hyper(optimizer: torch.optim.Optimizer, keys: tuple[str, ...] = ADAM_KEYS) -
 
 
 def cited(cell: Cell, key: str) -> str:
-    (point,) = [p for p in rp.plan(cell.table).points if (p.method, p.task, p.budget) == (cell.method, cell.task,
-                                                                                           cell.budget)][:1]
-    return str({c.key: c.source for c in point.cited}.get(key))
+    return str({c.key: c.source for c in point(cell).cited}.get(key))
 
 
 HF_CELLS = [k for k, c in CELLS.items() if c.args]
