@@ -42,7 +42,7 @@ from torch import nn
 from peftlab.config_utils import require
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.methods import build_method
-from peftlab.methods.base import count_parameters, head_module_names
+from peftlab.methods.base import count_parameters, head_module_names, head_parameter_count
 from peftlab.models import ModelSpec, load_backbone, resolve_path
 from peftlab.train import validate_config
 
@@ -57,6 +57,12 @@ class Budget:
     head: str  # the task head the backbone was built with
     head_modules: list[str] = field(default_factory=list)  # the head modules counted as trainable (train_head)
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific counts (Method.extra_counts)
+    head_params: int = 0  # the trained head's share of `trainable`
+
+    @property
+    def method_only(self) -> int:
+        """The method's own count, the trained head excluded: the papers' "#Params"."""
+        return self.trainable - self.head_params
 
     @property
     def pct_of_total(self) -> float:
@@ -118,7 +124,7 @@ def count(cfg: DictConfig, base: nn.Module | None = None) -> Budget:
     trainable, total = count_parameters(model)
     heads = head_module_names(base, spec) if method.config.train_head else []
     return Budget(planned_count if planned_count is not None else trainable, total, base_total, task.head, heads,
-                  applied.extra_counts(model))
+                  applied.extra_counts(model), head_parameter_count(base, spec) if heads else 0)
 
 
 def with_default_task(overrides: list[str]) -> list[str]:
@@ -174,6 +180,8 @@ def describe(cfg: DictConfig, b: Budget) -> str:
             f"modules: {heads}): "
             f"trainable {b.trainable:,} / total {b.total:,} ({b.pct_of_total:.4f}%); "
             f"of the base model's {b.base_total:,}: {b.pct_of_base:.4f}%"
+            + (f"; the method alone (head excluded, the papers' #Params): {b.method_only:,} "
+               f"({100.0 * b.method_only / b.base_total:.4f}% of the base model)" if b.head_params else "")
             + "".join(f"; {k} {v:,}" for k, v in b.extra.items() if isinstance(v, int) and k != "mask_seed"))
 
 

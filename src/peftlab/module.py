@@ -1,11 +1,11 @@
 """One LightningModule for every method × task.
 
 It asks the task for loss, predictions and metrics, and the method for its training-time hooks;
-it never branches on either. Optimizer and schedule: AdamW over the trainable parameters only,
-linear warm-up then linear decay (the schedule of LoRA/AdaLoRA/LLM-Adapters); the trained parameters are cast
-to fp32 first, every time the optimizer is built (the precision rule, :mod:`peftlab.precision`). Checkpoints hold only
-the trainable parameters, buffers and the method's structural state, so a PEFT checkpoint is small
-and reloads onto the base model.
+it never branches on either. Optimizer and schedule: HF Trainer's recipe over the trainable parameters only
+(:mod:`peftlab.optim`: AdamW, no decay on biases and norm weights, linear warm-up then linear decay); the trained
+parameters are cast to fp32 first, every time the optimizer is built (the precision rule, :mod:`peftlab.precision`).
+Checkpoints hold only the trainable parameters, buffers and the method's structural state, so a PEFT checkpoint is
+small and reloads onto the base model.
 
 Exact resume (docs/resume.md): a checkpoint also holds the method's resume state (e.g. SMT's warm-up
 gradient sums), the step at which the current optimizer and schedule were built, the best validation value,
@@ -37,10 +37,11 @@ from lightning_fabric.utilities.seed import reset_seed
 from torch import nn
 from torch.distributed.fsdp._common_utils import clean_tensor_name
 
-from peftlab import distributed
+from peftlab import distributed, optim
 from peftlab.config_utils import require
 from peftlab.methods.base import Method
 from peftlab.precision import PrecisionRule
+from peftlab.run_config import OptimConfig
 from peftlab.tasks.base import Task
 
 # Evaluation metrics are computed from the outputs of every process (gather_batches), hence identical on every
@@ -130,31 +131,20 @@ class PeftModule(pl.LightningModule):
             self._rng_to_restore = None
 
     def configure_optimizers(self) -> dict[str, Any]:
+        """HF Trainer's optimizer and schedule (:mod:`peftlab.optim`) over the tensors that require grad, at the
+        method's current lr; the trained tensors are made fp32 first (the precision rule)."""
         self.apply_precision_rule()  # so AdamW's state is fp32 (a no-op unless the trained set changed)
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        o = self.optim
-        optimizer = torch.optim.AdamW(
-            params,
-            lr=self.method.current_lr(),
-            weight_decay=o["weight_decay"],
-            betas=tuple(o["betas"]),
-            eps=o["eps"],
-        )
-        # schedule_start/origin, not global_step: on a resume Lightning builds the optimizer before it restores the
-        # step. The scheduler counts from schedule_start; the schedule itself runs from schedule_origin.
-        total = max(1, self.trainer.estimated_stepping_batches - self.schedule_origin)
-        warmup = self.method.lr_warmup_steps()
-        if warmup is None:
-            warmup = int(o["warmup_ratio"] * total) if o.get("warmup_steps") is None else int(o["warmup_steps"])
-        offset = self.schedule_start - self.schedule_origin
-
-        def schedule(scheduler_step: int) -> float:
-            step = scheduler_step + offset
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        config = OptimConfig(**self.optim)
+        optimizer = optim.build_optimizer(self.model, config, self.method.current_lr())
+        # schedule_start/origin, not global_step: on a resume Lightning builds the optimizer before it restores the step
+        trainer = self.trainer
+        total = int(trainer.estimated_stepping_batches)  # loads the train loader, unless max_steps alone bounds the run
+        batches = trainer.num_training_batches  # inf when the loader is not loaded yet (the epoch-wise schedule)
+        schedule = optim.Schedule(
+            total=total, origin=self.schedule_origin, start=self.schedule_start, warmup=self.method.lr_warmup_steps(),
+            steps_per_epoch=math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else total,
+            epochs=max(1, trainer.max_epochs or 1))
+        scheduler = optim.build_scheduler(optimizer, config, schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---- evaluation ----

@@ -41,19 +41,36 @@ class RunConfig:
     objective: str | None = None
 
 
+OPTIMIZERS = ("adamw_torch", "adamw_hf")  # peftlab.optim.build_optimizer
+SCHEDULES = ("linear", "timm_cosine")  # peftlab.optim.build_scheduler
+
+
 @dataclass
 class OptimConfig:
-    """``optim``: AdamW and the linear warm-up/decay schedule (``peftlab.module``)."""
+    """``optim``: the optimizer and lr schedule, HF Trainer's recipe (:mod:`peftlab.optim`); the learning rate is
+    ``method.lr``."""
 
-    lr: PositiveFloat
+    optimizer: str = "adamw_torch"  # one of OPTIMIZERS
     weight_decay: NonNegativeFloat = 0.0
     betas: list[Dropout] = field(default_factory=lambda: [0.9, 0.999])  # each in [0, 1)
     eps: PositiveFloat = 1e-8
+    schedule: str = "linear"  # one of SCHEDULES
     warmup_ratio: Dropout = 0.06  # in [0, 1)
     warmup_steps: NonNegativeInt | None = None
+    warmup_lr: NonNegativeFloat = 0.0  # timm_cosine only
+    min_lr: NonNegativeFloat = 0.0  # timm_cosine only
 
     def __post_init__(self) -> None:
         require(len(self.betas) == 2, f"optim.betas must hold two numbers (AdamW's β1, β2), got {self.betas}")
+        require(self.optimizer in OPTIMIZERS, f"optim.optimizer must be one of {OPTIMIZERS}, got '{self.optimizer}'")
+        require(self.schedule in SCHEDULES, f"optim.schedule must be one of {SCHEDULES}, got '{self.schedule}'")
+        if self.schedule == "linear":
+            require(self.warmup_lr == 0 and self.min_lr == 0, f"optim.warmup_lr={self.warmup_lr} and optim.min_lr="
+                    f"{self.min_lr} shape optim.schedule=timm_cosine only (linear rises from 0 and decays to 0): set "
+                    "them to 0, or optim.schedule=timm_cosine")
+        else:
+            require(self.warmup_steps is None, f"optim.schedule=timm_cosine warms up over optim.warmup_ratio of the "
+                    f"epochs, not steps: set optim.warmup_steps=null (it is {self.warmup_steps})")
 
 
 def top_level(cfg: DictConfig) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from pytorch_lightning.strategies import FSDPStrategy
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from peftlab import distributed, precision, results
+from peftlab import distributed, optim, precision, results
 from peftlab.checkpoint import load_checkpoint
 from peftlab.config_utils import build_dataclass, check_known, check_writable, instantiate, require, to_dict
 from peftlab.data import TaskDataModule
@@ -58,9 +58,12 @@ def validate_config(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
     ``peftlab.run_config``, the model, method and task), the model able to serve the task, the method's targets,
     the trainer's options. What the budget calculator needs, without data or outputs."""
     build_dataclass(RunConfig, top_level(cfg), "config", "")
-    build_dataclass(OptimConfig, cfg.optim, "optim", "optim")
+    require("lr" not in cfg.optim, "optim.lr is not a setting: the learning rate is method.lr (e.g. method.lr=1e-3)")
+    optim_config = build_dataclass(OptimConfig, cfg.optim, "optim", "optim")
     spec = build_dataclass(ModelSpec, cfg.model, f"model '{cfg.model.get('name')}'", "model")
     method = build_method(cfg.method)
+    optim.check_run(optim_config, OmegaConf.select(cfg, "trainer.max_epochs", throw_on_resolution_failure=False),
+                    method.restarts_schedule and method.changes_trainable_set)
     task = build_task(cfg.task)
     _check_pairing(spec, task)
     if method.config.targets:
@@ -119,6 +122,10 @@ def _check_trainer(cfg: DictConfig) -> None:
         value = OmegaConf.select(node, key, throw_on_resolution_failure=False)
         require(value != 0 or not cfg.get("train", True),
                 f"trainer.{key}=0 trains nothing: {fix}, or train=false to only evaluate")
+    endless = node.get("max_epochs") == -1 and node.get("max_steps", -1) == -1
+    require(not endless or not cfg.get("train", True), "trainer.max_epochs=-1 (no epoch limit) with "
+            "trainer.max_steps=-1 never ends, and the lr schedule needs the run's length: set task.epochs=N "
+            "(trainer.max_epochs follows it) or trainer.max_steps=N")
 
 
 def _check_accelerator(trainer: DictConfig) -> None:

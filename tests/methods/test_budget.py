@@ -89,6 +89,14 @@ def test_cli_match_and_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "method.r" in capsys.readouterr().err
 
 
+def test_cli_prints_the_method_alone_beside_the_trained_head(capsys: pytest.CaptureFixture[str]) -> None:
+    # RoBERTa-base, LoRA r=8 on q, v: 12 layers × 2 × 8·(768 + 768) = 294,912 (the LoRA paper's "0.3M" #Params), plus
+    # the classification head (dense 768·768 + 768, out_proj 768·2 + 2) when it trains
+    assert main(["model=roberta_base", "method=lora", "method.r=8"]) == 0
+    assert "trainable 887,042 / total" in (out := capsys.readouterr().out)
+    assert "the method alone (head excluded, the papers' #Params): 294,912 (0.2366% of the base model)" in out
+
+
 def test_parse_count() -> None:
     assert parse_count("56.1M", 0) == 56.1e6 and parse_count("300k", 0) == 3e5 and parse_count("1,200", 0) == 1200
     assert parse_count("0.5%", 1000) == 5

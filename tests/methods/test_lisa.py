@@ -112,8 +112,9 @@ def test_one_lr_schedule_across_rebuilds(cfg_factory) -> None:
 
     trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[RecordLr()])
     trainer.fit(module, datamodule=datamodule)
-    # 4 steps, 1 warm-up step: factors 1/2, then linear decay (4-s)/3 — a restarted schedule would give 1/2 again
-    assert lrs == pytest.approx([1e-3 * f for f in (0.5, 1.0, 2 / 3, 1 / 3)])
+    # 4 steps, 1 warm-up step (HF's linear schedule): factor 0, then linear decay (4-s)/3 — a restarted schedule would
+    # give 0 again
+    assert lrs == pytest.approx([1e-3 * f for f in (0.0, 1.0, 2 / 3, 1 / 3)])
 
 
 def test_budget_counts_instantaneous_and_expected() -> None:

@@ -54,7 +54,7 @@ def test_block_phase_decays_from_smt_lr_without_warmup(cfg_factory: Callable[...
 
 def test_block_phase_warmup_is_an_explicit_option(cfg_factory: Callable[..., DictConfig], tmp_path: Path) -> None:
     _, lrs = fit(cfg_factory(*SMT, "method.smt_lr_warmup_steps=2"), 8, tmp_path)
-    assert lrs[2:4] == pytest.approx([3e-3 / 3, 3e-3 * 2 / 3])  # (s + 1)/(w + 1), as optim's warm-up
+    assert lrs[2:4] == pytest.approx([0.0, 3e-3 / 2])  # s / w: transformers' get_scheduler, as the official loop
     assert lrs[4] == pytest.approx(3e-3)
 
 

@@ -29,7 +29,7 @@ class MethodConfig:
     when the config is built (``peftlab.config_utils.build_dataclass``); ``__post_init__`` checks the rest."""
 
     name: str
-    lr: PositiveFloat = 1e-4  # learning rate this method is usually trained with (optim.lr follows it)
+    lr: PositiveFloat = 1e-4  # the run's learning rate (the optimizer's, peftlab.optim; SMT: its warm-up's)
     train_head: bool = True  # also train the task head (classifier) named in the model config
     targets: list[str] = field(default_factory=list)  # logical module names (see conf/model/*.yaml)
 
@@ -170,6 +170,14 @@ def head_module_names(model: nn.Module, spec: ModelSpec) -> list[str]:
         if name and spec.is_head(name) and not any(name.startswith(f"{n}.") for n in names):
             names.append(name)
     return names
+
+
+def head_parameter_count(model: nn.Module, spec: ModelSpec) -> int:
+    """Parameters of the task-head modules of ``model`` (:func:`head_module_names`), tied tensors once: what a trained
+    head adds to a trainable count (papers' "#Params" columns count the method alone, e.g. LoRA r=8 on RoBERTa-base's
+    q, v: 294,912, the LoRA paper's 0.3M)."""
+    heads = [model.get_submodule(name) for name in head_module_names(model, spec)]
+    return sum({id(p): p.numel() for head in heads for p in head.parameters()}.values())
 
 
 def unfreeze_head(model: nn.Module, spec: ModelSpec) -> None:
