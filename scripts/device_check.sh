@@ -185,7 +185,7 @@ check ddp_smt_grad_only   train        trainer=ddp "${SMT[@]}" method.warmup_mod
 check ddp_smt_full        train        trainer=ddp "${SMT[@]}" method.warmup_mode=full
 if [ "$DEVICES" -ge 2 ]; then  # sums in CPU memory, checkpoints (which save them) inside the warm-up
   check ddp_smt_nccl      train        trainer=ddp "${SMT[@]}" method.warmup_mode=grad_only "${OFFLOAD[@]}" \
-    callbacks.checkpoint.every_n_train_steps=2
+    callbacks.checkpoint.every_n_train_steps=2 ++callbacks.checkpoint.every_n_epochs=null
 else
   skip ddp_smt_nccl "needs >= 2 GPUs (one process runs no collective)"
 fi
