@@ -56,7 +56,7 @@ OUT=${OUT:-$(mktemp -d -t peftlab_device_check.XXXXXX)}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=offline
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code, whatever is installed
-CHECK_TIMEOUT=${CHECK_TIMEOUT:-170}  # seconds per check
+CHECK_TIMEOUT=${CHECK_TIMEOUT:-$([ "${DEVICE_CHECK_CPU:-0}" = 1 ] && echo 400 || echo 170)}  # seconds per check
 
 STEPS=${STEPS:-6}  # optimizer steps of every run (SMT's warm-up is 4)
 BATCH=8  # per device
