@@ -5,7 +5,9 @@ Lightning scales the loss before each backward pass and, at the optimizer step, 
 (``GradScaler.unscale_``, which records per device whether they held inf/NaN), calls ``on_before_optimizer_step``,
 then ``GradScaler.step`` (skips ``optimizer.step`` when anything was recorded) and ``update`` (halves the scale after
 a skipped step). HF Trainer, which the released SMT/CapaBoost/AdaLoRA scripts use, goes through the same GradScaler
-and does not advance its lr scheduler on a skipped step (``optimizer_step_was_skipped``); Lightning advances it.
+and does not advance its lr scheduler on a skipped step (transformers 5.23 ``Trainer._inner_training_loop``:
+``if not self.accelerator.optimizer_step_was_skipped: self.lr_scheduler.step()``, ``global_step`` advancing either
+way); Lightning advances it.
 
 - :func:`grad_scaler`: the run's enabled GradScaler, or None (bf16 and fp32 runs scale nothing).
 - :func:`step_is_skipped`: at ``on_before_optimizer_step``, whether the scaler will skip this step, after adding the
