@@ -65,6 +65,8 @@ class FaultWatch(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._store is not None or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
             return
+        if "MASTER_ADDR" not in os.environ or "MASTER_PORT" not in os.environ:  # a rendezvous without a TCP store
+            return
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self._store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), None, False,
                                     timeout=datetime.timedelta(seconds=10), wait_for_workers=False)
