@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from torch import nn
 
 from peftlab import results
 from peftlab.config_utils import build_dataclass
@@ -73,7 +74,7 @@ SETTINGS: list[dict[str, Any]] = [
                    "seed": 0}},
     {"label": "SSF (all Linears + norms)", "method": "ssf", "overrides": {}},
     {"label": "SPT-LoRA, LoRA budget", "method": "spt_lora",
-     "overrides": {"budget": "{lora_params}", "sensitivity_batches": 2}},
+     "overrides": {"budget": "{lora_params}", "sensitivity_batches": 2, "init_seed": 0}},
 ]
 
 
@@ -107,18 +108,24 @@ def precision_rule(model: torch.nn.Module, method: Method) -> None:
 
 
 def held_tensors(obj: Any) -> list[torch.Tensor]:
-    """Tensors reachable from ``obj``'s attributes through dicts, lists and tuples (modules not entered): what a
-    method object holds outside the model (SMT's gradient sums, SpIEL's candidates...)."""
+    """Tensors reachable from ``obj``'s attributes through dicts, lists, tuples and peftlab objects (modules not
+    entered): what a method object holds outside the model (SMT's gradient sums, SpIEL's candidates...)."""
     found: list[torch.Tensor] = []
     stack: list[Any] = list(vars(obj).values())
+    seen: set[int] = {id(obj)}
     while stack:
         item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
         if isinstance(item, torch.Tensor):
             found.append(item)
         elif isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
+        elif type(item).__module__.startswith("peftlab.") and not isinstance(item, nn.Module):
+            stack.extend(getattr(item, "__dict__", {}).values())  # e.g. SMT's GradientSums
     return found
 
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Device check: the multi-process paths that cannot run on a CPU-only machine (docs/multi_gpu.md).
+# Device check: the paths that only GPUs take (NCCL, fp16 loss scaling, FSDP), docs/multi_gpu.md.
 #
-#   bash scripts/device_check.sh                  # every GPU of the machine (one is enough); sized for < 8 min
-#                                                 # on one GPU + ~5 min of memory check (estimates: not yet run
-#                                                 # on a GPU); MEMORY_CHECK=0 leaves the memory check out
+#   bash scripts/device_check.sh                  # every GPU of the machine (1 to 8); sized for < 10 min on one
+#                                                 # GPU + ~5 min of memory check (estimates: not yet run on a
+#                                                 # GPU); MEMORY_CHECK=0 leaves the memory check out
 #   OUT=/some/dir bash scripts/device_check.sh    # logs, records and summary.tsv under $OUT
 #   DEVICE_CHECK_CPU=1 bash scripts/device_check.sh   # dry run of the same checks on CPU (2 processes over gloo;
 #                                                 # FSDP training is skipped: Lightning's FSDP needs CUDA)
@@ -13,11 +13,41 @@
 # that says it ran on every device with finite test metrics; the `+export` checks also export the run and
 # re-evaluate it in one process (scripts/evaluate.py: same metrics). Refusal checks pass when train.py stops
 # with exit status 2 and the documented message. Prints PASS/FAIL/SKIP per check, writes $OUT/summary.tsv, and
-# exits 1 when any check failed.
+# exits 1 when any check failed. The training set is sized from the number of devices: every run takes STEPS
+# (default 6) optimizer steps whatever the device count, so SMT's 4 warm-up steps fit on 1 to 8 GPUs.
+#
+# The checks and what passing shows:
+#   ddp_lora, ddp_full          DDP over every device (NCCL on >= 2 GPUs); ddp_lora's export re-evaluates the same
+#   ddp_smt_grad_only/_full     SMT's switch and re-wrap under DDP (one GPU: no collective runs)
+#   ddp_smt_nccl                >= 2 GPUs: SMT grad_only with its sums in CPU memory (the GPU default) and
+#                               checkpoints inside the warm-up, over NCCL, which reduces GPU memory only; SKIP on
+#                               one GPU (nothing to reduce); the dry run takes the same branch over gloo
+#   smt_fp16_grad_only/_full    SMT under fp16 loss scaling (16-mixed: GradScaler); grad_only on this causal LM
+#                               trains nothing during the warm-up (GradScaler's "No inf checks" case); the dry run
+#                               gives Lightning's MixedPrecision plugin a CPU GradScaler (its 16-mixed is bf16 on CPU)
+#   fsdp_lora, fsdp_full        FSDP training + export (SKIP in the dry run); fsdp_smt_refused: the documented refusal
+#   memory_prediction           the memory model against the GPU's measured peak (scripts/device_check_memory.py)
+#
+# Expected output, DEVICE_CHECK_CPU=1 (exit status 0; seconds vary):
+#   [device_check] 2 device(s), 6 optimizer steps per run; outputs under /tmp/peftlab_device_check.XXXXXX
+#   ddp_lora                     PASS    70s  one complete record; export reproduces its metrics
+#   ddp_smt_grad_only            PASS    45s  one complete record
+#   ddp_smt_full                 PASS    45s  one complete record
+#   ddp_smt_nccl                 PASS    45s  one complete record
+#   ddp_full                     PASS    45s  one complete record
+#   smt_fp16_grad_only           PASS    45s  one complete record
+#   smt_fp16_full                PASS    45s  one complete record
+#   fsdp_lora                    SKIP     0s  FSDP needs CUDA
+#   fsdp_full                    SKIP     0s  FSDP needs CUDA
+#   fsdp_smt_refused             PASS    20s  refused as documented
+#   memory_prediction            PASS    30s  .venv/bin/python scripts/device_check_memory.py --dry-run
+#   [device_check] summary: /tmp/peftlab_device_check.XXXXXX/summary.tsv
+# On GPUs: the same lines with `N device(s)`, fsdp_* PASS, and on one GPU
+#   ddp_smt_nccl                 SKIP     0s  needs >= 2 GPUs (one process runs no collective)
 #
 # Adding a check: one `check <name> <kind> [train.py overrides...]` line in the list at the end; <kind> is
 # `train`, `train+export`, or `refused:<text the error must contain>`. Any other command can be appended with
-# `check_cmd <name> <command...>` (pass = exit status 0).
+# `check_cmd <name> <command...>` (pass = exit status 0), e.g. a script of its own.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -26,24 +56,36 @@ OUT=${OUT:-$(mktemp -d -t peftlab_device_check.XXXXXX)}
 mkdir -p "$OUT"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=offline
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code, whatever is installed
-CHECK_TIMEOUT=${CHECK_TIMEOUT:-170}  # seconds per check
+CHECK_TIMEOUT=${CHECK_TIMEOUT:-$([ "${DEVICE_CHECK_CPU:-0}" = 1 ] && echo 400 || echo 170)}  # seconds per check
 
+STEPS=${STEPS:-6}  # optimizer steps of every run (SMT's warm-up is 4)
+BATCH=8  # per device
 if [ "${DEVICE_CHECK_CPU:-0}" = 1 ]; then
   DEVICES=${DEVICES:-2}
-  HW=(trainer.accelerator=cpu trainer.precision=32-true "trainer.devices=$DEVICES")
+  HW=(trainer.accelerator=cpu "trainer.devices=$DEVICES")
+  PRECISION=(trainer.precision=32-true)
+  FP16=(trainer.precision=null "+trainer.plugins=[{_target_:pytorch_lightning.plugins.MixedPrecision,precision:16-mixed,device:cpu,scaler:{_target_:torch.amp.GradScaler,device:cpu}}]")
+  OFFLOAD=(method.offload_grad_sums=true)  # the GPU default (sums in CPU memory), taken on the CPU
   MODEL=(model=tiny_llama model.config.vocab_size=512)
-  DATA=(task.num_train=64 task.val_set_size=16 task.num_eval=4 task.batch_size=8 task.eval_batch_size=16)
+  VAL=16
+  DATA=(task.val_set_size=$VAL task.num_eval=4 task.eval_batch_size=16)
 else
   DEVICES=${DEVICES:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')}
-  HW=(trainer.accelerator=gpu trainer.precision=bf16-mixed "trainer.devices=$DEVICES")
+  HW=(trainer.accelerator=gpu "trainer.devices=$DEVICES")
+  PRECISION=(trainer.precision=bf16-mixed)
+  FP16=(trainer.precision=16-mixed)
+  OFFLOAD=()  # offload_grad_sums: null = CPU memory on a GPU
   MODEL=(model=tiny_llama model.config.vocab_size=512 model.config.hidden_size=256 model.config.intermediate_size=512
          model.config.num_hidden_layers=4 model.config.num_attention_heads=8 model.config.num_key_value_heads=8)
-  DATA=(task.num_train=256 task.val_set_size=32 task.num_eval=16 task.batch_size=8 task.eval_batch_size=32)
+  VAL=32
+  DATA=(task.val_set_size=$VAL task.num_eval=16 task.eval_batch_size=32)
 fi
 if [ "${DEVICES:-0}" -lt 1 ]; then
   echo "no GPU found (nvidia-smi); DEVICE_CHECK_CPU=1 runs the CPU dry run" >&2
   exit 1
 fi
+# every run: STEPS global batches of DEVICES x BATCH examples (the validation records are held out of task.num_train)
+DATA+=("task.num_train=$((STEPS * DEVICES * BATCH + VAL))" "task.batch_size=$BATCH")
 COMMON=("${MODEL[@]}" task=commonsense_synthetic "${DATA[@]}" trainer.max_epochs=1 trainer.enable_progress_bar=false
         logger=none callbacks=default callbacks.checkpoint.every_n_train_steps=null
         ++callbacks.checkpoint.every_n_epochs=1 optim.warmup_steps=1 seed=0)
@@ -52,7 +94,7 @@ SMT=(method=smt method.block_size=32 method.budget_unit=blocks method.budget=8 m
 # FSDP units of >= 100k parameters: attention, MLP and embeddings each their own unit (at 7B the policy's 100M does
 # the same), so parameter names carry FSDP's wrapper prefixes as they do at paper scale
 FSDP_UNITS=(trainer.strategy.auto_wrap_policy.min_num_params=100000)
-echo "[device_check] $DEVICES device(s); outputs under $OUT"
+echo "[device_check] $DEVICES device(s), $STEPS optimizer steps per run; outputs under $OUT"
 printf 'check\tresult\tseconds\tdetail\n' > "$OUT/summary.tsv"
 FAILED=0
 
@@ -82,8 +124,9 @@ EOF
 }
 
 check() {  # name kind overrides...
-  local name=$1 kind=$2 start dir rc record detail
+  local name=$1 kind=$2 start dir rc record detail precision=("${PRECISION[@]}")
   shift 2
+  [[ " $* " == *" trainer.precision="* ]] && precision=()  # the check sets its own
   if [ "${DEVICE_CHECK_CPU:-0}" = 1 ] && [[ " $* " == *" trainer=fsdp "* ]] && [[ $kind != refused:* ]]; then
     report "$name" SKIP 0 "FSDP needs CUDA"
     return
@@ -91,7 +134,7 @@ check() {  # name kind overrides...
   start=$SECONDS
   dir="$OUT/$name"
   rm -rf "$dir" && mkdir -p "$dir"
-  timeout "$CHECK_TIMEOUT" "$PY" train.py "${COMMON[@]}" "$@" "${HW[@]}" "hydra.run.dir=$dir/out" \
+  timeout "$CHECK_TIMEOUT" "$PY" train.py "${COMMON[@]}" "$@" "${HW[@]}" "${precision[@]}" "hydra.run.dir=$dir/out" \
     "paths.results_dir=$dir/runs" > "$dir/train.log" 2>&1
   rc=$?
   if [[ $kind == refused:* ]]; then
@@ -122,6 +165,10 @@ check() {  # name kind overrides...
   report "$name" PASS $((SECONDS - start)) "$detail"
 }
 
+skip() {  # name reason
+  report "$1" SKIP 0 "$2"
+}
+
 check_cmd() {  # name command... (pass = exit status 0)
   local name=$1 start=$SECONDS
   shift
@@ -136,7 +183,15 @@ check_cmd() {  # name command... (pass = exit status 0)
 check ddp_lora            train+export trainer=ddp method=lora method.lr=1e-3
 check ddp_smt_grad_only   train        trainer=ddp "${SMT[@]}" method.warmup_mode=grad_only
 check ddp_smt_full        train        trainer=ddp "${SMT[@]}" method.warmup_mode=full
+if [ "$DEVICES" -ge 2 ]; then  # sums in CPU memory, checkpoints (which save them) inside the warm-up
+  check ddp_smt_nccl      train        trainer=ddp "${SMT[@]}" method.warmup_mode=grad_only "${OFFLOAD[@]}" \
+    callbacks.checkpoint.every_n_train_steps=2 ++callbacks.checkpoint.every_n_epochs=null
+else
+  skip ddp_smt_nccl "needs >= 2 GPUs (one process runs no collective)"
+fi
 check ddp_full            train        trainer=ddp method=full method.lr=1e-4
+check smt_fp16_grad_only  train        trainer=ddp "${SMT[@]}" method.warmup_mode=grad_only "${FP16[@]}"
+check smt_fp16_full       train        trainer=ddp "${SMT[@]}" method.warmup_mode=full "${FP16[@]}"
 check fsdp_lora           train+export trainer=fsdp method=lora method.lr=1e-3 "${FSDP_UNITS[@]}"
 check fsdp_full           train+export trainer=fsdp method=full method.lr=1e-4 "${FSDP_UNITS[@]}"
 check fsdp_smt_refused    "refused:changes its trainable tensors during training" trainer=fsdp "${SMT[@]}"

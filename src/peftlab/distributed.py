@@ -3,7 +3,13 @@
 What this module provides, and who uses it:
 
 - collectives that are no-ops in a single process (:func:`mean`, :func:`all_reduce_mean_`,
-  :func:`all_gather_objects`), so a method's code reads the same with one process or many;
+  :func:`all_gather_objects`), so a method's code reads the same with one process or many. Every collective of
+  peftlab goes through them, on the process group the strategy built: gloo on CPUs, NCCL on GPUs, which reduces
+  tensors in GPU memory only. So a method reduces a gradient where it is computed (on the module's device: SMT
+  ``grad_only``, SPT, SpIEL, inside backward) or reads it after DDP averaged it (SMT ``full``, AdaLoRA), and never
+  reduces what it keeps in CPU memory (SMT's offloaded sums); :func:`all_reduce_mean_` refuses a tensor the
+  group's backend cannot take, with that advice. Objects (decisions, evaluation outputs) travel pickled, which
+  torch moves to the current GPU under NCCL;
 - :func:`assert_same`: a digest of a decision (SMT's blocks, LISA's layers, SpIEL's indices, SPT's allocation)
   compared across processes, failing loudly on every process when they differ (processes that silently train
   different models are the failure mode this guards against);
@@ -46,8 +52,13 @@ def rank() -> int:
 
 
 def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
-    """In place: the mean of ``tensor`` over every process (sum then divide: gloo has no AVG)."""
+    """In place: the mean of ``tensor`` over every process (sum then divide: gloo has no AVG). ``tensor`` must be
+    where the process group reduces (NCCL: the GPU)."""
     if world_size() > 1:
+        backend = str(dist.get_backend())
+        if tensor.device.type == "cpu" and "gloo" not in backend and "mpi" not in backend:
+            raise RuntimeError(f"a collective on a CPU tensor under the {backend} process group, which reduces GPU "
+                               "memory only: reduce the gradient on its device before moving it to the CPU")
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         tensor.div_(world_size())
     return tensor

@@ -192,15 +192,21 @@ def spread_selection(pools: dict[str, dict[str, nn.Linear]], budgets: dict[str, 
     return selection
 
 
+def held_reads(setting: MemorySetting) -> int:
+    """Copies of the sums a method reads in backward: 2 under fp16 loss scaling, where a step's reads are held
+    apart until the scaler has not skipped it (peftlab.methods.grad_probe), else 1."""
+    return 2 if setting.precision == "16-mixed" else 1
+
+
 @planner("smt")
 def _smt(method: Any, model: nn.Module, setting: MemorySetting, state: dict[str, Any] | None,
          notes: list[str]) -> Iterator[Phase]:
     """Warm-up (``warmup_mode=full``: full fine-tuning; ``grad_only``: the eligible weights are probed, nothing is
-    updated) with the fp32 gradient sums of the eligible matrices; then block training after the switch, with the
-    selection of ``state`` or :func:`spread_selection`."""
+    updated) with the fp32 gradient sums of the eligible matrices (``grad_only`` under fp16 loss scaling: twice);
+    then block training after the switch, with the selection of ``state`` or :func:`spread_selection`."""
     c = method.config
     eligible = [m.weight for pool in method.pools.values() for m in pool.values()]
-    sums = FP32 * _numel(eligible)
+    sums = FP32 * _numel(eligible) * (held_reads(setting) if c.warmup_mode == "grad_only" else 1)
     where = "in CPU memory" if setting.offload else "on the device"
     yield Phase("warmup", f"warm-up ({c.warmup_mode})", held_device=0 if setting.offload else sums,
                 held_cpu=sums if setting.offload else 0)
@@ -218,11 +224,12 @@ def _smt(method: Any, model: nn.Module, setting: MemorySetting, state: dict[str,
 @planner("spt_lora")
 def _spt(method: Any, model: nn.Module, setting: MemorySetting, state: dict[str, Any] | None,
          notes: list[str]) -> Iterator[Phase]:
-    """Sensitivity pass (every candidate probed, fp32 sums of grad² on the device), then training with the plan of
+    """Sensitivity pass (every candidate probed, fp32 sums of grad² on the device; twice under fp16 loss scaling),
+    then training with the plan of
     ``state`` or, without one, rank-r LoRA on the target matrices in module order until the budget is reached."""
     params = dict(model.named_parameters())
     candidates = [params[e.name] for e in method.entries]
-    yield Phase("warmup", "sensitivity pass", FP32 * _numel(candidates))
+    yield Phase("warmup", "sensitivity pass", FP32 * _numel(candidates) * held_reads(setting))
     if state is None:
         plan, total = {}, 0
         for e in method.entries:
@@ -243,9 +250,10 @@ def _spt(method: Any, model: nn.Module, setting: MemorySetting, state: dict[str,
 def _spiel(method: Any, model: nn.Module, setting: MemorySetting, state: dict[str, Any] | None,
            notes: list[str]) -> Iterator[Phase]:
     """During gradient-collection windows SpIEL holds, per matrix with k deltas, k candidate positions (int64)
-    and their fp32 gradient and squared-gradient sums (official ``gradient_accumulation_hook``)."""
+    and their fp32 gradient and squared-gradient sums (official ``gradient_accumulation_hook``); twice under fp16
+    loss scaling (the step's own, until it is taken)."""
     ks = [m.spiel_values.numel() for m in method.layers.values()]
-    yield Phase("train", "training", held_device=sum(k * (8 + FP32 + FP32) + FP32 for k in ks))
+    yield Phase("train", "training", held_device=held_reads(setting) * sum(k * (8 + FP32 + FP32) + FP32 for k in ks))
 
 
 @planner("adalora")

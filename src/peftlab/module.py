@@ -19,6 +19,11 @@ gathered (:func:`peftlab.distributed.gather_batches`) before the task computes m
 the whole set's metrics and ``val/<main>_best`` is global; when the method changes its trainable tensors the DDP
 wrapper is rebuilt around the new ones (:func:`peftlab.distributed.follow_trainable_set`); a resume must use
 the world size the checkpoint was trained with (the data order depends on it).
+
+Optimizer steps: the method's per-step hooks run once per optimizer step, never between the micro-batches of
+gradient accumulation (Lightning calls its batch-end hooks after every micro-batch). Under fp16 loss scaling
+(``16-mixed``, :mod:`peftlab.loss_scaling`) the method learns the loss scale before each backward pass and, before
+the update, whether the scaler skips the step; the lr scheduler does not advance on a skipped step (as HF Trainer).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from lightning_fabric.utilities.seed import reset_seed
 from torch import nn
 from torch.distributed.fsdp._common_utils import clean_tensor_name
 
-from peftlab import distributed, optim
+from peftlab import distributed, loss_scaling, optim
 from peftlab.config_utils import require
 from peftlab.methods.base import Method
 from peftlab.precision import PrecisionRule
@@ -73,6 +78,7 @@ class PeftModule(pl.LightningModule):
         self.schedule_origin = 0  # global step at which the current lr schedule (warm-up, decay) began
         self._rng_to_restore: dict[str, Any] | None = None
         self.precision_rule = PrecisionRule()
+        self._step_skipped: bool | None = None  # the last optimizer step's outcome, until the method's step hook ran
 
     # ---- training ----
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -92,13 +98,34 @@ class PeftModule(pl.LightningModule):
     def on_after_backward(self) -> None:
         self.method.on_after_backward(self.model)
 
+    def on_before_backward(self, loss: torch.Tensor) -> None:
+        self.method.on_before_backward(loss_scaling.loss_scale(self.trainer))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Once per optimizer step (Lightning calls it after the last micro-batch's backward, with the gradients
+        unscaled): decide whether the loss scaler skips the step, counting the gradients the method read outside
+        the optimizer (:mod:`peftlab.loss_scaling`), and tell the method."""
+        self._step_skipped = loss_scaling.step_is_skipped(self.trainer, optimizer, self.method.gradient_overflow())
+        self.method.on_before_optimizer_step(self.model, self._step_skipped)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any | None) -> None:
+        """The scheduler advances once per optimizer update: not on a step the loss scaler skipped (as HF Trainer,
+        whose ``optimizer_step_was_skipped`` holds the scheduler back), so the schedule follows the updates made."""
+        if not self._step_skipped:
+            super().lr_scheduler_step(scheduler, metric)
+
     def configure_callbacks(self) -> list[pl.Callback]:
         if any(isinstance(c, MethodStep) for c in self.trainer.callbacks):
             return []  # attached by an earlier fit/test of this trainer
         return [MethodStep()]  # Lightning orders ModelCheckpoint after it
 
     def method_step(self) -> None:
-        """After each optimizer step (from :class:`MethodStep`, before any checkpoint of that step)."""
+        """After each optimizer step (from :class:`MethodStep`, before any checkpoint of that step); nothing after
+        the other micro-batches of gradient accumulation (no optimizer step ran: Lightning calls the batch-end hooks
+        after every batch)."""
+        if self._step_skipped is None:
+            return
+        self._step_skipped = None
         if self.method.on_train_batch_end(self.model, self.global_step):
             # the set of trainable tensors changed (e.g. SMT after warm-up): new optimizer, and a new schedule
             # unless the method keeps one across rebuilds (LISA's periodic layer draws)

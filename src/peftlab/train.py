@@ -20,7 +20,7 @@ from pytorch_lightning.strategies import FSDPStrategy
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from peftlab import distributed, optim, precision, results
+from peftlab import distributed, faults, optim, precision, results
 from peftlab.checkpoint import load_checkpoint
 from peftlab.config_utils import build_dataclass, check_known, check_writable, instantiate, require, to_dict
 from peftlab.data import TaskDataModule
@@ -257,14 +257,15 @@ def resume_command(out_dir: Path) -> str:
     return f"{results.command()} {shlex.quote(f'hydra.run.dir={where}')}"
 
 
-def _record_stopped(path: Path | None, record: dict[str, Any], err: BaseException, out_dir: Path) -> None:
-    """Write the record of a run that did not finish: ``interrupted`` (then, after printing the command that
-    resumes it, exit with the shell's status for the signal: 130 Ctrl-C, 143 SIGTERM) or ``failed`` with the error
-    (the caller re-raises)."""
-    if not _was_interrupted(err):
-        record.update(status="failed", error=f"{type(err).__name__}: {err}", finished=results.now())
-        _write_record(path, record)
-        return
+def _record_failed(path: Path | None, record: dict[str, Any], error: str) -> None:
+    """Write the record of a run that failed with ``error`` (on any of its processes)."""
+    record.update(status="failed", error=error, finished=results.now())
+    _write_record(path, record)
+
+
+def _record_interrupted(path: Path | None, record: dict[str, Any], err: BaseException, out_dir: Path) -> None:
+    """Write the record of an interrupted run; after printing the command that resumes it, exit with the shell's
+    status for the signal: 130 Ctrl-C, 143 SIGTERM."""
     command = resume_command(out_dir)
     record.update(status="interrupted", finished=results.now(), resume_command=command)
     _write_record(path, record)
@@ -282,7 +283,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainable_at_start, total = count_parameters(module.model)
     out_dir = Path(cfg.paths.output_dir)
     loggers = _instantiate_all(cfg, "logger")
-    callbacks = _instantiate_all(cfg, "callbacks")
+    watch = faults.FaultWatch()  # several processes: a fault on one stops all, and is the one recorded
+    callbacks = [*_instantiate_all(cfg, "callbacks"), watch]
     trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", logger=loggers or False, callbacks=callbacks,
                                       strategy=distributed.build_strategy(cfg.trainer.get("strategy")))
     distributed.check_launch(trainer)
@@ -313,6 +315,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "processes": processes,
     }
     _write_record(path, record)  # "running": a run killed outright (SIGKILL, lost node) leaves this behind
+    watch.on_remote_fault = lambda error: _record_failed(path, record, error)
     try:
         if cfg.get("train", True):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -321,8 +324,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             for row in trainer.test(module, datamodule=datamodule, verbose=False):
                 metrics.update({k: float(v) for k, v in row.items()})
     except BaseException as err:
-        _record_stopped(path, record, err, out_dir)
+        if _was_interrupted(err):
+            _record_interrupted(path, record, err, out_dir)
+        watch.fail(err, lambda error: _record_failed(path, record, error))
         raise
+    finally:
+        watch.stop()
     # FSDP leaves each process its shard of the parameters; under FSDP the trainable set never changes (check_strategy)
     trainable = trainable_at_start if isinstance(trainer.strategy, FSDPStrategy) else count_parameters(module.model)[0]
     record.update(

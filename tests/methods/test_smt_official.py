@@ -85,6 +85,7 @@ def test_grad_sums_are_counted_in_the_method_state(cfg_factory: Callable[..., Di
     module.task.loss(module.model, batch).backward()
     method = module.method
     assert isinstance(method, SparseMatrixTuning)
+    method.on_before_optimizer_step(module.model, skipped=False)  # full warm-up: .grad is summed at the step
     eligible = sum(m.weight.numel() for pool in method.pools.values() for m in pool.values())
     assert method.method_state()["grad_sums_bytes"] == {"cpu": 4 * eligible}  # fp32 sums of q, k, v
 

@@ -8,8 +8,11 @@ target_r·n between ``tinit`` and ``total_step − tfinal`` (Eq. 12), every ``de
 
 peft needs the run's total number of optimizer steps. ``total_step: null`` (default) takes it from the
 trainer (``trainer.estimated_stepping_batches``, passed to :meth:`AdaLora.on_fit_start`); until then a
-placeholder lets peft validate the schedule. ``update_and_allocate`` is called after every optimizer
-step, when the gradients it scores are still in ``.grad`` (Lightning zeroes them at the next step).
+placeholder lets peft validate the schedule. ``update_and_allocate`` is called once after every optimizer
+step (not after the other micro-batches of gradient accumulation), when the gradients it scores are still in
+``.grad`` (Lightning zeroes them at the next step): the step's whole gradient, averaged over processes, unscaled.
+After a step the fp16 loss scaler skipped (inf/NaN gradients) the importance update is left out, as the optimizer
+update is; the final masking (``total_step − tfinal``) and the fixed masks after it read no gradient and still run.
 The final rank pattern is method state: checkpoints keep it, and a load restores it before the tensors.
 Parameter count: every target holds r·(d_in + d_out) + r (masked λ's keep their storage).
 """
@@ -65,6 +68,7 @@ class AdaLoraConfig(MethodConfig):
 @METHODS.register("adalora")
 class AdaLora(PeftMethod):
     config_cls = AdaLoraConfig
+    _skipped = False  # whether the loss scaler skipped the last optimizer step
 
     def peft_config(self, spec: ModelSpec, modules_to_save: list[str] | None) -> peft.AdaLoraConfig:
         c = self.config
@@ -98,8 +102,13 @@ class AdaLora(PeftMethod):
                 "lower them or train longer")
         self._adalora_config(model).total_step = total_steps  # the rank allocator reads this same object
 
+    def on_before_optimizer_step(self, model: nn.Module, skipped: bool) -> None:
+        self._skipped = skipped
+
     def on_train_batch_end(self, model: nn.Module, step: int) -> bool:
-        model.base_model.update_and_allocate(step)
+        cfg = self._adalora_config(model)
+        if not (self._skipped and step < cfg.total_step - cfg.tfinal):  # skipped: inf gradients
+            model.base_model.update_and_allocate(step)
         return False  # the λ's are masked in place; the trainable set does not change
 
     def apply(self, model: nn.Module, spec: ModelSpec) -> nn.Module:

@@ -9,6 +9,7 @@ branches on the method.
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,9 +67,25 @@ class Method:
     def on_after_backward(self, model: nn.Module) -> None:
         """After each backward pass (gradients are in ``.grad``)."""
 
+    def on_before_backward(self, loss_scale: float | None) -> None:
+        """Before each backward pass: the factor its gradients carry under fp16 loss scaling (None without it).
+        Methods that read gradients in backward divide by it (:mod:`peftlab.methods.grad_probe`)."""
+
+    def gradient_overflow(self) -> bool:
+        """Once per optimizer step, after its last backward: whether a gradient the method read in backward and
+        that the optimizer never sees (probed tensors) held inf/NaN; under loss scaling the step is then skipped."""
+        return False
+
+    def on_before_optimizer_step(self, model: nn.Module, skipped: bool) -> None:
+        """Once per optimizer step, after its last backward and before the update: ``.grad`` holds the step's
+        gradients, unscaled, averaged over the processes, not yet clipped. ``skipped``: the loss scaler found
+        inf/NaN gradients and the optimizer will not update (the run's step counter still advances, as in HF
+        Trainer); what the method read during the step must then be dropped."""
+
     def on_train_batch_end(self, model: nn.Module, step: int) -> bool:
-        """After each optimizer step ``step`` (1-based). Return True when the set of trainable
-        parameters changed, so the optimizer and scheduler are rebuilt over the new set."""
+        """Once after each optimizer step ``step`` (1-based; taken or skipped; never between the micro-batches
+        of gradient accumulation). Return True when the set of trainable parameters changed, so the optimizer
+        and scheduler are rebuilt over the new set."""
         return False
 
     def gradient_phase(self, model: nn.Module, batches: Any, loss_fn: Any = None) -> nn.Module:
@@ -196,6 +213,12 @@ def named_targets(model: nn.Module, spec: ModelSpec, logical: list[str]) -> Iter
             found = True
             yield name, module
     require(found, f"targets {logical} match no module of model '{spec.name}' (check conf/model/{spec.name}.yaml)")
+
+
+def keyed_generator(seed: int, key: str) -> torch.Generator:
+    """A CPU generator seeded by (``seed``, ``key``): the same stream on every process and in every run with that
+    seed, whatever the global generators did before (``zlib.crc32``: stable across processes, unlike ``hash``)."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(key.encode())) % 2**63)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

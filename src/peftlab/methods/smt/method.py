@@ -19,12 +19,19 @@ Phases, run inside Lightning's ``fit``:
 
 A run whose warm-up is not shorter than the run fails before training (:meth:`check_total_steps`).
 
-Several processes (DDP, docs/multi_gpu.md): the hooks sum each process's own gradients; the switch averages the
-sums over the processes before scoring (Σ_steps of the local gradient, averaged = Σ_steps of the averaged
-gradient, the sum one process with the global batch computes), and every process then checks that all selected
-the same blocks (:func:`peftlab.distributed.assert_same`). Checkpoints taken during the warm-up hold the averaged
-sums. ``grad_only`` probes the weights without training them (:meth:`probed_parameters`: DDP leaves them alone);
-the module re-wraps DDP around the blocks after the switch.
+Where the gradients are read (:mod:`peftlab.methods.grad_probe`): ``full`` adds ``.grad`` of each eligible weight
+at every optimizer step (``on_before_optimizer_step``: the step's gradient, summed over its micro-batches,
+unscaled, before clipping); ``grad_only`` reads each gradient in backward and frees it. Under fp16 loss scaling
+(``16-mixed``) a step the scaler skips adds nothing (``grad_only`` divides by the loss scale and holds the step's
+reads until its outcome is known), so the sums are those of the steps taken.
+
+Several processes (DDP, docs/multi_gpu.md): the sums are of the gradient averaged over the processes, the sum one
+process with the global batch computes, on every process: ``full`` reads ``.grad`` after DDP averaged it;
+``grad_only`` averages each gradient in backward, on its device, before adding it (its weights are probed, not
+trained: :meth:`probed_parameters`, DDP leaves them alone). No collective ever runs on the sums, which live in CPU
+memory on a GPU machine, where NCCL (Lightning's GPU backend) cannot reduce. Every process checks that all selected
+the same blocks (:func:`peftlab.distributed.assert_same`); the module re-wraps DDP around the blocks after the
+switch.
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from peftlab.config_utils import require
 from peftlab.errors import ConfigError
 from peftlab.methods import METHODS
 from peftlab.methods.base import Method, freeze, named_targets, unfreeze_head
-from peftlab.methods.grad_probe import sum_gradients
+from peftlab.methods.grad_probe import GradientSums, ReadsGradients
 from peftlab.methods.smt.config import BLOCK_SIZES, SmtConfig
 from peftlab.methods.smt.layer import BlockSparseLinear
 from peftlab.methods.smt.selection import block_scores, budget_blocks, select_blocks
@@ -70,7 +77,7 @@ def layer_index(name: str) -> int | None:
 
 
 @METHODS.register("smt")
-class SparseMatrixTuning(Method):
+class SparseMatrixTuning(ReadsGradients, Method):
     config_cls = SmtConfig
     changes_trainable_set = True
     config: SmtConfig
@@ -81,7 +88,8 @@ class SparseMatrixTuning(Method):
         self.spec: ModelSpec | None = None
         self.pools: dict[str, dict[str, nn.Linear]] = {}  # pool → {module name: linear}
         self.budgets: dict[str, int] = {}  # pool → k blocks
-        self.grad_sums: dict[str, torch.Tensor] = {}
+        self.sums = GradientSums(offload=config.offloads)
+        self.gate = self.sums.gate
         self.warmup_done = 0  # backward passes summed
         self.switched_at: int | None = None
         self.selection: dict[str, list[int]] = {}
@@ -171,13 +179,31 @@ class SparseMatrixTuning(Method):
         return self.planned_blocks() * self.block_size**2 + head
 
     # ---------------- warm-up ----------------
+    @property
+    def grad_sums(self) -> dict[str, torch.Tensor]:
+        """The fp32 warm-up gradient sum of each eligible matrix (module name → tensor)."""
+        return self.sums.totals
+
+    def _eligible_weights(self) -> dict[str, torch.Tensor]:
+        return {name: m.weight for pool in self.pools.values() for name, m in pool.items()}
+
     def _add_hooks(self) -> None:
-        weights = {name: m.weight for pool in self.pools.values() for name, m in pool.items()}
-        grad_only = self.config.warmup_mode != "full"
-        for w in weights.values():
-            w.requires_grad_(w.requires_grad or grad_only)
-        # grad_only: nothing updates the backbone and each gradient is freed as soon as it is summed
-        self._hooks = sum_gradients(weights, self.grad_sums, free=grad_only, offload=self.config.offloads)
+        if self.config.warmup_mode != "full":  # nothing updates the backbone; each gradient freed once summed
+            weights = self._eligible_weights()
+            for w in weights.values():
+                w.requires_grad_(True)
+            self._hooks = self.sums.hooks(weights, reduce=True)
+
+    def on_before_optimizer_step(self, model: nn.Module, skipped: bool) -> None:
+        """Warm-up: the step's reads count unless the loss scaler skipped the step; ``full`` adds ``.grad`` here."""
+        if self.phase != "warmup":
+            return
+        if self.config.warmup_mode != "full":
+            self.sums.end_step(skipped)
+        elif not skipped:
+            for name, w in self._eligible_weights().items():
+                if w.grad is not None:
+                    self.sums.add(name, w.grad)
 
     def _remove_hooks(self) -> None:
         for h in self._hooks:
@@ -196,11 +222,9 @@ class SparseMatrixTuning(Method):
                 "(task.epochs, trainer.max_steps)")
 
     def grad_sum_bytes(self) -> dict[str, int]:
-        """Bytes of the warm-up gradient sums per device type (``cpu`` when offloaded)."""
-        out: Counter[str] = Counter()
-        for g in self.grad_sums.values():
-            out[g.device.type] += g.numel() * g.element_size()
-        return dict(out)
+        """Bytes of the warm-up gradient sums per device type (``cpu`` when offloaded; with the buffer of a step's
+        reads under fp16 loss scaling, ``grad_only``)."""
+        return self.sums.nbytes()
 
     def on_train_batch_end(self, model: nn.Module, step: int) -> bool:
         if self.phase == "warmup" and step >= self.config.warmup_steps:
@@ -229,6 +253,7 @@ class SparseMatrixTuning(Method):
         for step, batch in zip(range(1, self.config.warmup_steps + 1), batches, strict=False):
             loss = loss_fn(model, batch) if loss_fn else model(**batch).loss
             loss.backward()
+            self.on_before_optimizer_step(model, skipped=False)
             if opt is not None:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -243,8 +268,6 @@ class SparseMatrixTuning(Method):
         c = self.config
         missing = [n for pool in self.pools.values() for n in pool if n not in self.grad_sums]
         require(not missing, f"SMT warm-up summed no gradient for {missing[:3]}: are they used by the forward?")
-        for name in sorted(self.grad_sums):  # several processes: the sums of the averaged gradients
-            distributed.all_reduce_mean_(self.grad_sums[name])
         selection: dict[str, list[int]] = {}
         for pool, k in self.budgets.items():
             scores = {n: block_scores(self.grad_sums[n], self.block_size, c.score) for n in self.pools[pool]}
@@ -252,7 +275,7 @@ class SparseMatrixTuning(Method):
         distributed.assert_same("SMT's block selection", selection)
         self._remove_hooks()
         self.grad_sums_memory = self.grad_sum_bytes()
-        self.grad_sums = {}
+        self.sums.clear()
         self.switched_at = step
         self._convert(model, selection)
         counts = self.counts()
@@ -301,18 +324,15 @@ class SparseMatrixTuning(Method):
         return state
 
     def resume_state(self) -> dict[str, Any]:
-        """During warm-up, the fp32 gradient sums so far, so a run resumed inside the warm-up selects the blocks
-        an uninterrupted run selects. Several processes: the sums averaged over them (every process calls this
-        when a checkpoint is taken); every process resumes from them, and the switch's average of (that average
-        + each process's later sums) is the uninterrupted run's average."""
+        """During warm-up, the fp32 gradient sums so far (the same on every process), so a run resumed inside the
+        warm-up selects the blocks an uninterrupted run selects."""
         if self.phase != "warmup":
             return {}
-        return {"grad_sums": {n: distributed.all_reduce_mean_(self.grad_sums[n].detach().clone())
-                              for n in sorted(self.grad_sums)}}
+        return {"grad_sums": {n: self.grad_sums[n].detach().clone() for n in sorted(self.grad_sums)}}
 
     def load_resume_state(self, model: nn.Module, state: dict[str, Any]) -> None:
         if self.phase == "warmup" and "grad_sums" in state:
-            self.grad_sums.clear()  # in place: the gradient hooks hold this dict (and move each sum where it belongs)
+            self.sums.clear()  # each sum moves where it belongs at its next addition
             self.grad_sums.update({n: g.to(dtype=torch.float32) for n, g in state["grad_sums"].items()})
 
     def load_method_state(self, model: nn.Module, state: dict[str, Any]) -> nn.Module:
@@ -321,7 +341,7 @@ class SparseMatrixTuning(Method):
         require(state.get("block_size") == self.block_size,
                 f"checkpoint used block_size {state.get('block_size')}, this run resolves {self.block_size}")
         self._remove_hooks()
-        self.grad_sums = {}
+        self.sums.clear()
         self.switched_at = state.get("switched_at_step")
         self.grad_sums_memory = dict(state.get("grad_sums_bytes", {}))
         self._convert(model, {n: list(b) for n, b in state["selection"].items()})

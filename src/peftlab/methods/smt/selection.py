@@ -18,11 +18,11 @@ the only difference from ``global`` is which blocks are chosen.
 from __future__ import annotations
 
 import math
-import zlib
 
 import torch
 
 from peftlab.config_utils import require
+from peftlab.methods.base import keyed_generator
 
 
 def block_view(matrix: torch.Tensor, b: int) -> torch.Tensor:
@@ -106,8 +106,7 @@ def select_random(scores: dict[str, torch.Tensor], k: int, seed: int) -> dict[st
     names = list(scores)
     sizes = [scores[n].numel() for n in names]
     require(0 < k <= sum(sizes), f"SMT budget of {k} blocks does not fit the {sum(sizes)} eligible blocks")
-    pool_key = zlib.crc32("\n".join(names).encode())  # stable across processes (unlike Python's hash)
-    generator = torch.Generator().manual_seed((seed * 1_000_003 + pool_key) % 2**63)
+    generator = keyed_generator(seed, "\n".join(names))
     return _split(torch.randperm(sum(sizes), generator=generator)[:k], sizes, names)
 
 

@@ -23,7 +23,12 @@ False and the optimizer and schedule keep running; the moments of the moved slot
 a one-shot ``torch.optim`` global step pre-hook at the next optimizer step (the method's hooks are never
 handed the optimizer). Merge: W₀ + ΔW. Save: indices + values. Resume: indices are buffers (in every
 checkpoint), the step counter is :meth:`Spiel.method_state` (plain JSON: run records and exports keep it), the
-in-flight candidate sums (tensors) :meth:`Spiel.resume_state` (checkpoints only).
+in-flight candidate sums and the moments waiting to be seeded (a checkpoint taken at a reselection step: the next
+step seeds them) are :meth:`Spiel.resume_state` (tensors, checkpoints only), so a resume is exact at every step.
+
+fp16 loss scaling (``16-mixed``): the collection hook reads the gradient of the unscaled loss and holds what it
+read during a step until the step's outcome is known (:class:`~peftlab.methods.grad_probe.StepGate`): a step the
+loss scaler skips adds nothing, and the window's candidates come from its first step that was taken.
 
 Departures: the official SftAdamW keeps a per-entry "age" and counter-corrects with it; torch's AdamW has one
 step count per tensor, so we counter-correct with that count t (the seeded moments are then unbiased at once);
@@ -50,6 +55,7 @@ from peftlab.config_utils import require
 from peftlab.methods import METHODS
 from peftlab.methods.base import Method, count_parameters, freeze, named_targets, unfreeze_head
 from peftlab.methods.delta_linear import merge_delta_linears
+from peftlab.methods.grad_probe import ReadsGradients, StepGate
 from peftlab.methods.spiel.config import SpielConfig
 from peftlab.methods.spiel.layer import SparseDeltaLinear
 from peftlab.models import ModelSpec
@@ -65,7 +71,7 @@ def deltas_per_matrix(sizes: dict[str, int], total: int) -> dict[str, int]:
 
 
 @METHODS.register("spiel")
-class Spiel(Method):
+class Spiel(ReadsGradients, Method):
     config_cls = SpielConfig
     config: SpielConfig
 
@@ -74,6 +80,8 @@ class Spiel(Method):
         self.step = 0  # optimizer steps completed
         self.total_steps = 0  # T
         self.candidates: dict[str, Candidates] = {}
+        self.gate = StepGate()
+        self._held: dict[str, Candidates] = {}  # this step's reads under loss scaling, until the step is taken
         self.pending: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # id(values) → seeds
         self._handle: Any = None
         self.layers: dict[str, SparseDeltaLinear] = {}
@@ -120,9 +128,21 @@ class Spiel(Method):
         self.layers = {n: m for n, m in model.named_modules() if isinstance(m, SparseDeltaLinear)}
         self._set_collection(self.collects(self.step + 1))
 
+    def on_before_optimizer_step(self, model: nn.Module, skipped: bool) -> None:
+        """The step's held reads join the window's candidates, unless the loss scaler skipped the step."""
+        held, self._held = self._held, {}
+        if skipped:
+            return
+        for name, (positions, sums, squares, samples) in held.items():
+            known = self.candidates.get(name)
+            if known is None:
+                self.candidates[name] = [positions, sums, squares, samples]
+            else:
+                known[1] += sums
+                known[2] += squares
+                known[3] += samples
+
     def on_train_batch_end(self, model: nn.Module, step: int) -> bool:
-        if step == self.step:  # a micro-batch of gradient accumulation: no optimizer step happened
-            return False
         self.step = step
         p = self.reselection_rate(step)
         if p is not None and self.candidates:
@@ -140,18 +160,21 @@ class Spiel(Method):
     def _collector(self, name: str) -> Any:
         @torch.no_grad()
         def collect(grad: torch.Tensor) -> None:
-            g = distributed.mean(grad.reshape(-1).float())  # the global batch's gradient on every process
-            if name in self.candidates:
-                positions, sums, squares, samples = self.candidates[name]
-                new = g[positions]
-                sums += new
-                squares.addcmul_(new, new)
-                samples += 1
-            else:  # first backward of the window: the k largest |∂L/∂W| are the candidates
-                k = self.layers[name].spiel_values.numel()
-                positions = torch.topk(g.abs(), k, largest=True, sorted=False).indices
-                new = g[positions]
-                self.candidates[name] = [positions, new.clone(), new * new, torch.ones((), device=g.device)]
+            g = self.gate.read(distributed.mean(grad.reshape(-1)))  # the global batch's, unscaled, fp32
+            into = self._held if self.gate.held else self.candidates
+            if name not in into:
+                known = self.candidates.get(name)
+                if known is not None:
+                    positions = known[0]
+                else:  # first backward of the window: the k largest |∂L/∂W| are the candidates
+                    k = self.layers[name].spiel_values.numel()
+                    positions = torch.topk(g.abs(), k, largest=True, sorted=False).indices
+                into[name] = [positions, g.new_zeros(positions.shape), g.new_zeros(positions.shape), g.new_zeros(())]
+            positions, sums, squares, samples = into[name]
+            new = g[positions]
+            sums += new
+            squares.addcmul_(new, new)
+            samples += 1
 
         return collect
 
@@ -232,11 +255,18 @@ class Spiel(Method):
         return model
 
     def resume_state(self) -> dict[str, Any]:
-        """The candidates and gradient sums of a collection window in flight."""
-        return {"candidates": {n: [t.clone() for t in c] for n, c in self.candidates.items()}}
+        """The candidates and gradient sums of a collection window in flight, and the Adam moments of grown slots
+        that the next optimizer step seeds (by layer name)."""
+        names = {id(m.spiel_values): n for n, m in self.layers.items()}
+        return {"candidates": {n: [t.clone() for t in c] for n, c in self.candidates.items()},
+                "pending": {names[i]: [t.clone() for t in seeds] for i, seeds in self.pending.items()}}
 
     def load_resume_state(self, model: nn.Module, state: dict[str, Any]) -> None:
         self.candidates = {n: [t.clone() for t in c] for n, c in state.get("candidates", {}).items()}
+        self.pending = {id(self.layers[n].spiel_values): tuple(t.clone() for t in seeds)  # type: ignore[misc]
+                        for n, seeds in state.get("pending", {}).items()}
+        if self.pending and self._handle is None:
+            self._handle = register_optimizer_step_pre_hook(self._seed_moments)
 
     def merge(self, model: nn.Module) -> nn.Module:
         return merge_delta_linears(model)

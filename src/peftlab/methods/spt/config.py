@@ -18,3 +18,4 @@ class SptConfig(MethodConfig):
     rank: PositiveInt = 8  # LoRA rank of a structurally tuned matrix (official low_rank_dim 8)
     alpha: PositiveFloat = 10.0  # matrix → LoRA when #selected ≥ LoRA params / alpha (official α = 10)
     beta: PositiveFloat = 5.0  # vector fully tuned when #selected ≥ numel / beta (official β = 5)
+    init_seed: int = 0  # seeds each LoRA A with the tensor's name; conf/method/spt_lora.yaml sets it to the run seed

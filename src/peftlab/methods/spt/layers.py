@@ -4,7 +4,8 @@
   values are parameters (optimizer state ∝ k); the backward still materialises a dense gradient of W's
   size for the scatter (the official ``SparseGradLinearFunction`` masks a dense gradient too).
 * :class:`LowRankDelta` — structured tuning: W + B A (official ``StructuredTuningModule('lora')``: A
-  Kaiming-uniform, B zeros, no α/r scaling). The official LoRA runs in parallel (x Aᵀ Bᵀ) with drop-path
+  Kaiming-uniform, B zeros, no α/r scaling). A is drawn from a generator the caller seeds per tensor (official:
+  the global stream; see :mod:`.method`). The official LoRA runs in parallel (x Aᵀ Bᵀ) with drop-path
   0.1 on the branch; here B A is added to W (same output without drop-path; one d_out×d_in product per
   forward).
 
@@ -34,11 +35,13 @@ class SparseDelta(nn.Module):
 
 class LowRankDelta(nn.Module):
     def __init__(self, out_features: int, in_features: int, rank: int, dtype: torch.dtype,
-                 device: torch.device) -> None:
+                 device: torch.device, generator: torch.Generator) -> None:
+        """A drawn on the CPU from ``generator`` then moved to ``device``: the same values on every device."""
         super().__init__()
-        self.lora_A = nn.Parameter(torch.empty(rank, in_features, dtype=dtype, device=device))
+        a = torch.empty(rank, in_features)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+        self.lora_A = nn.Parameter(a.to(dtype=dtype, device=device))
         self.lora_B = nn.Parameter(torch.zeros(out_features, rank, dtype=dtype, device=device))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return w + self.lora_B @ self.lora_A

@@ -13,16 +13,22 @@ Phases, run inside Lightning's ``fit`` (the pattern of SMT's ``grad_only`` warm-
    delta on its selected entries, each vector is fully tuned or sparse (:mod:`.layers`); the mask is fixed.
 3. training; ``merge`` folds every delta into W.
 
-Departures: the budget counts the method's parameters (the head is extra; the official total adds 768 for
+Departures: each LoRA A is drawn from a generator seeded by (``init_seed``, the tensor's name), not from the
+global stream at the switch, so it is the same on every process and after a resume whatever the generators did
+before; the budget counts the method's parameters (the head is extra; the official total adds 768 for
 the cls token, which we do not tune); τ is searched on a geometric+linear grid, not 0.02M steps; timm's
 fused ``qkv`` is ranked and given LoRA as one 3C×C matrix (LoRA cost r·4C) where the official model has
 separate q/k/v Linears (3 × r·2C); only SPT-LoRA (no SPT-Adapter), LoRA without drop-path; the sparse
 delta backward is dense in W's size (see :mod:`.layers`).
 
 Several processes (DDP, docs/multi_gpu.md): each gradient is averaged over the processes before it is squared
-(grad² of the global batch, as one process computes it; one all-reduce per candidate per backward), the probed
-tensors stay out of DDP (:meth:`probed_parameters`; nothing else trains in this phase, so the module runs
-unwrapped), every process checks that all allocated the same, and the module wraps DDP around the new tensors.
+(grad² of the global batch, as one process computes it; one all-reduce per candidate per backward, on the device),
+the probed tensors stay out of DDP (:meth:`probed_parameters`; nothing else trains in this phase, so the module runs
+unwrapped), every process checks that all allocated the same and hold the same trained tensors (values: the
+re-wrap does not broadcast), and the module wraps DDP around the new tensors.
+
+fp16 loss scaling (``16-mixed``): the squared gradients are of the unscaled loss, and a step the loss scaler skips
+adds nothing (:mod:`peftlab.methods.grad_probe`).
 """
 
 from __future__ import annotations
@@ -37,8 +43,8 @@ from torch.nn.utils import parametrize
 from peftlab import distributed
 from peftlab.config_utils import require
 from peftlab.methods import METHODS
-from peftlab.methods.base import Method, freeze, head_module_names, unfreeze_head
-from peftlab.methods.grad_probe import squared, sum_gradients
+from peftlab.methods.base import Method, freeze, head_module_names, keyed_generator, unfreeze_head
+from peftlab.methods.grad_probe import GradientSums, ReadsGradients, squared
 from peftlab.methods.module_selection import target_linears
 from peftlab.methods.spt.allocation import Decision, Entry, allocate, max_cost
 from peftlab.methods.spt.config import SptConfig
@@ -51,7 +57,7 @@ log = logging.getLogger(__name__)
 
 
 @METHODS.register("spt_lora")
-class SptLora(Method):
+class SptLora(ReadsGradients, Method):
     config_cls = SptConfig
     changes_trainable_set = True
     config: SptConfig
@@ -61,7 +67,8 @@ class SptLora(Method):
         self.phase = "sensitivity"
         self.spec: ModelSpec | None = None
         self.entries: list[Entry] = []
-        self.sums: dict[str, torch.Tensor] = {}
+        self.reader = GradientSums(transform=squared)
+        self.gate = self.reader.gate
         self.plan: dict[str, dict[str, Any]] = {}  # param name → {"mode", "count"}
         self.tau: int | None = None
         self._hooks: list[Any] = []
@@ -89,8 +96,18 @@ class SptLora(Method):
         params = {e.name: model.get_parameter(e.name) for e in self.entries}
         for p in params.values():
             p.requires_grad_(True)
-        self._hooks = sum_gradients(params, self.sums, free=True, transform=squared, reduce=True)
+        self._hooks = self.reader.hooks(params, reduce=True)
         return model
+
+    @property
+    def sums(self) -> dict[str, torch.Tensor]:
+        """Sensitivity so far: Σ grad² per candidate (parameter name → tensor)."""
+        return self.reader.totals
+
+    def on_before_optimizer_step(self, model: nn.Module, skipped: bool) -> None:
+        """Sensitivity phase: the step's squared gradients count unless the loss scaler skipped the step."""
+        if self.phase == "sensitivity":
+            self.reader.end_step(skipped)
 
     def probed_parameters(self, model: nn.Module) -> set[str]:
         """The sensitivity phase's candidates: their squared gradients are summed and freed, never applied."""
@@ -128,8 +145,11 @@ class SptLora(Method):
         self.tau, decisions = allocate(self.sums, self.entries, self.config.budget, self.config.alpha,
                                        self.config.beta)
         distributed.assert_same("SPT's allocation", {n: (d.mode, d.indices) for n, d in decisions.items()})
-        self.sums = {}
+        self.reader.clear()
         self._convert(model, decisions)
+        # DDP re-wraps without a broadcast: every process must start the tuned phase from the same values
+        distributed.assert_same("SPT's trained tensors at the switch",
+                                {n: p for n, p in model.named_parameters() if p.requires_grad})
         modes = {m: sum(1 for v in self.plan.values() if v["mode"] == m) for m in ("lora", "sparse", "full")}
         log.info(f"[peftlab] SPT: tau={self.tau:,} → {self.tuned_count():,} tuned params (target "
                  f"{self.config.budget:,}); tensors per mode {modes}")
@@ -148,7 +168,8 @@ class SptLora(Method):
                 w.requires_grad_(True)
             elif d.mode == "lora":
                 parametrize.register_parametrization(module, tensor, LowRankDelta(
-                    w.shape[0], w.shape[1], self.config.rank, w.dtype, w.device))
+                    w.shape[0], w.shape[1], self.config.rank, w.dtype, w.device,
+                    keyed_generator(self.config.init_seed, name)))
             else:
                 parametrize.register_parametrization(module, tensor, SparseDelta(
                     w.shape, d.indices, w.dtype, w.device))  # type: ignore[arg-type]
@@ -179,7 +200,8 @@ class SptLora(Method):
         """Structure from a saved plan; sparse indices are placeholders until the state dict fills them."""
         for h in self._hooks:
             h.remove()
-        self._hooks, self.sums, self.tau = [], {}, tau
+        self._hooks, self.tau = [], tau
+        self.reader.clear()
         decisions = {n: Decision(mode, torch.zeros(count, dtype=torch.long) if mode == "sparse" else None)
                      for n, (mode, count) in plan.items()}
         self._convert(model, decisions)
