@@ -74,8 +74,8 @@ class PeftModule(pl.LightningModule):
         require(not unknown, f"report.select={self.select}: {unknown} not among task '{task.name}' metrics "
                 f"{list(declared or [])} (name validation metrics of the task, or report.select=null)")
         self.best_epoch: dict[str, float] = {}  # the validation metrics of the best epoch so far (_track_best_epoch)
-        self.schedule_start = 0  # global step at which the current optimizer and scheduler were built
         self.schedule_origin = 0  # global step at which the current lr schedule (warm-up, decay) began
+        self.schedule_position = 0  # updates of that schedule made before the current scheduler was built
         self._rng_to_restore: dict[str, Any] | None = None
         self.precision_rule = PrecisionRule()
         self._step_skipped: bool | None = None  # the last optimizer step's outcome, until the method's step hook ran
@@ -129,9 +129,10 @@ class PeftModule(pl.LightningModule):
         if self.method.on_train_batch_end(self.model, self.global_step):
             # the set of trainable tensors changed (e.g. SMT after warm-up): new optimizer, and a new schedule
             # unless the method keeps one across rebuilds (LISA's periodic layer draws)
-            self.schedule_start = self.global_step
             if self.method.restarts_schedule:
-                self.schedule_origin = self.global_step
+                self.schedule_origin, self.schedule_position = self.global_step, 0
+            else:  # continue the schedule from the updates made (the scheduler holds on steps the scaler skipped)
+                self.schedule_position += self.trainer.lr_scheduler_configs[0].scheduler.last_epoch
             self.apply_precision_rule()  # before DDP wraps the new set (its buckets keep the dtype they see)
             distributed.follow_trainable_set(self.trainer.strategy)
             self.trainer.strategy.setup_optimizers(self.trainer)
@@ -163,12 +164,13 @@ class PeftModule(pl.LightningModule):
         self.apply_precision_rule()  # so AdamW's state is fp32 (a no-op unless the trained set changed)
         config = OptimConfig(**self.optim)
         optimizer = optim.build_optimizer(self.model, config, self.method.current_lr())
-        # schedule_start/origin, not global_step: on a resume Lightning builds the optimizer before it restores the step
+        # schedule_origin/position, not global_step: on a resume Lightning builds the optimizer before it restores it
         trainer = self.trainer
         total = int(trainer.estimated_stepping_batches)  # loads the train loader, unless max_steps alone bounds the run
         batches = trainer.num_training_batches  # inf when the loader is not loaded yet (the epoch-wise schedule)
         schedule = optim.Schedule(
-            total=total, origin=self.schedule_origin, start=self.schedule_start, warmup=self.method.lr_warmup_steps(),
+            total=total, origin=self.schedule_origin, position=self.schedule_position,
+            warmup=self.method.lr_warmup_steps(),
             steps_per_epoch=math.ceil(batches / trainer.accumulate_grad_batches) if math.isfinite(batches) else total,
             epochs=max(1, trainer.max_epochs or 1))
         scheduler = optim.build_scheduler(optimizer, config, schedule)
@@ -231,8 +233,8 @@ class PeftModule(pl.LightningModule):
             "resume_state": self.method.resume_state(),
             "best": dict(self.best),
             "best_epoch": dict(self.best_epoch),
-            "schedule_start": self.schedule_start,
             "schedule_origin": self.schedule_origin,
+            "schedule_position": self.schedule_position,
             "rng": get_rng_state(),
             "run_config": self.run_config,
         }
@@ -251,8 +253,8 @@ class PeftModule(pl.LightningModule):
         self.apply_precision_rule()  # before the state dict loads: a bf16 copy would round the saved fp32 values
         self.best = dict(extra.get("best", {}))
         self.best_epoch = dict(extra.get("best_epoch", {}))
-        self.schedule_start = int(extra.get("schedule_start", 0))
-        self.schedule_origin = int(extra.get("schedule_origin", self.schedule_start))
+        self.schedule_origin = int(extra.get("schedule_origin", 0))
+        self.schedule_position = int(extra.get("schedule_position", 0))
         self._rng_to_restore = extra.get("rng")
 
 

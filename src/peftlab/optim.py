@@ -69,13 +69,15 @@ class Schedule:
 
     ``total``: steps of the whole run; ``origin``: the step at which the current schedule began (0, or a method's
     switch that restarts it: SMT's block phase runs its own warm-up and decay over the remaining steps);
-    ``start``: the step at which this scheduler is built (a rebuild that keeps the schedule: LISA); ``warmup``: the
+    ``position``: the updates the schedule had made when this scheduler is built (0, or, for a rebuild that keeps the
+    schedule, LISA's draws, the steps its earlier schedulers took: updates, not optimizer steps, since a step the fp16
+    loss scaler skips does not advance the schedule); ``warmup``: the
     method's own warm-up steps for this schedule, None for ``optim``'s; ``steps_per_epoch`` and ``epochs``: what an
     epoch-wise schedule (``timm_cosine``) counts in."""
 
     total: int
     origin: int = 0
-    start: int = 0
+    position: int = 0
     warmup: int | None = None
     steps_per_epoch: int = 1
     epochs: int = 1
@@ -89,12 +91,12 @@ def warmup_steps(config: OptimConfig, steps: int) -> int:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: OptimConfig,
                     schedule: Schedule) -> torch.optim.lr_scheduler.LambdaLR:
-    """A ``LambdaLR`` stepped once per optimizer step; its step ``k`` gives the lr of step ``schedule.start + k`` of
+    """A ``LambdaLR`` stepped once per update; its step ``k`` gives the lr of update ``schedule.position + k`` of
     the schedule that began at ``schedule.origin``, so a rebuilt or resumed scheduler continues where it was
     (Lightning restores its step count on a resume). The factor comes from transformers' or timm's own schedule."""
     lr = optimizer.defaults["lr"]
     factor = _linear_factor(config, schedule) if config.schedule == "linear" else _timm_factor(config, schedule, lr)
-    offset = schedule.start - schedule.origin
+    offset = schedule.position
 
     def shifted(step: int) -> float:  # a function: LambdaLR leaves it out of its state dict
         return factor(step + offset)

@@ -17,6 +17,7 @@ import itertools
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins import MixedPrecision
@@ -185,3 +186,29 @@ def test_adalora_importance_leaves_out_overflowing_steps() -> None:
     assert trainer.precision_plugin.scaler.get_scale() == SCALE / 2  # step 3 was skipped
     assert len(seen) == 8 and all(all(state.values()) for _, state in seen), seen
     assert all(torch.isfinite(p).all() for p in module.model.parameters())
+
+
+def test_lisa_rebuild_continues_the_schedule_from_the_updates_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LISA rebuilds its optimizer at every draw (every 3 steps) and keeps one schedule: after a skipped step the
+    rebuilt scheduler continues from the updates made, so the k-th update runs at the lr of the k-th update of a run
+    whose batches all trained (counting optimizer steps instead, the schedule would run one step ahead after the
+    rebuild at step 3)."""
+    lisa = ["method=lisa", "method.interval_steps=3", "method.activated_layers=1", "method.lr=1e-3"]
+    original = PeftModule.on_before_optimizer_step
+
+    def lrs_of_updates(feed: list[dict[str, Any]], overflow: tuple[int, ...]) -> list[float]:
+        lrs: list[float] = []
+
+        def record(self: PeftModule, optimizer: torch.optim.Optimizer) -> None:
+            original(self, optimizer)
+            if not self._step_skipped:
+                lrs.append(optimizer.param_groups[0]["lr"])
+
+        monkeypatch.setattr(PeftModule, "on_before_optimizer_step", record)
+        fit(lisa, feed, overflow=overflow, snapshot="on_train_batch_end")
+        return lrs
+
+    feed = batches()
+    skipped = lrs_of_updates(feed, overflow=(1,))
+    reference = lrs_of_updates([feed[0], *feed[2:], feed[1]], overflow=())
+    assert len(skipped) == 7 and skipped == reference[:7], (skipped, reference)
