@@ -16,6 +16,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from omegaconf import open_dict
 from peftlab.checkpoint import load_checkpoint
 from peftlab.train import run
 from tests.conftest import ROOT, TINY, compose_config
+from tests.integration.cli import run_cli
 
 STEPS = 12
 COMMON = [*TINY, "trainer.max_epochs=3", "task.num_train=64", "task.batch_size=16", "callbacks=default",
@@ -203,22 +205,38 @@ def test_corrupted_checkpoint_in_the_run_dir_fails_before_training(tmp_path: Pat
         _in_process([*COMMON, "method=lora"], tmp_path / "out", tmp_path / "runs")
 
 
-def test_ctrl_c_records_interrupted_and_prints_the_command_that_resumes(tmp_path: Path) -> None:
-    """SIGINT at step 7: exit status 130, record ``interrupted`` (not ``failed``), and the printed command
-    (same overrides + ``hydra.run.dir``) continues the run from its step-6 checkpoint to a complete record."""
+@pytest.fixture
+def sigint_raises_keyboard_interrupt() -> Iterator[None]:
+    """Python's own SIGINT handler for the test, whatever the suite was started with (``make test &`` in a
+    script starts it with SIGINT ignored); the previous handler comes back afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_records_interrupted_and_prints_the_command_that_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        sigint_raises_keyboard_interrupt: None) -> None:
+    """A real SIGINT at step 7 of ``train.py`` (its Hydra entry point, in this process): exit status 130, record
+    ``interrupted`` (not ``failed``), and the printed command (same overrides + ``hydra.run.dir``) continues the run
+    from its step-6 checkpoint to a complete record. Lightning sets SIGINT to ignored when it catches the
+    KeyboardInterrupt: the run puts the handler back (peftlab.global_state), so the caller can still be stopped
+    with Ctrl-C and its child processes are not started with SIGINT ignored."""
     overrides = [*COMMON, "method=lora", f"paths.results_dir={tmp_path / 'runs'}",
                  f"+callbacks.stop._target_={__name__}.InterruptAtStep", "+callbacks.stop.step=7"]
     run_dir = tmp_path / "run"
-    proc = _train_py([*overrides, f"hydra.run.dir={run_dir}"])
-    assert proc.returncode == 130, proc.stderr[-3000:]
+    monkeypatch.chdir(ROOT)  # the printed command is relative to the working directory
+    code = run_cli([*overrides, f"hydra.run.dir={run_dir}"], monkeypatch)
+    out, err = capsys.readouterr()
+    assert code == 130, err[-3000:]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     (record_file,) = (tmp_path / "runs").rglob("*.json")
     record = json.loads(record_file.read_text())
     command = f"{shlex.join(['python', 'train.py', *overrides])} {shlex.quote(f'hydra.run.dir={run_dir}')}"
     assert record["status"] == "interrupted" and "error" not in record and record["resume_command"] == command
-    assert f"resume with:\n  {command}\n" in proc.stdout, proc.stdout[-3000:]
+    assert f"resume with:\n  {command}\n" in out, out[-3000:]
     assert load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 6
 
-    resumed = _train_py(shlex.split(command)[2:])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert run_cli(shlex.split(command)[2:], monkeypatch) == 0, capsys.readouterr().err[-3000:]
     record = json.loads(record_file.read_text())
     assert record["status"] == "complete" and record["global_steps"] == STEPS and record["resumed_from"]

@@ -1,0 +1,75 @@
+"""The process-global state a test must leave as it found it (signal handlers and mask, environment, working
+directory, torch's global switches), and the autouse fixture of ``tests/conftest.py`` that fails a test which
+changes it, then puts it back.
+
+Why: ``subprocess`` children inherit the signal dispositions, the signal mask and the environment of the pytest
+process. A test that left SIGINT ignored (Lightning's ``Trainer.fit`` does so on a KeyboardInterrupt and never
+restores it) made a later test's ``train.py`` child ignore its own Ctrl-C, so it completed instead of exiting 130,
+but only when the whole suite ran in one order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+# set by pytorch_lightning.seed_everything on every run (train.run, build): the next run sets them again, and a
+# train.py child sets its own; restored after each test without failing it
+RESTORED_QUIETLY = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+PYTEST_OWN = "PYTEST_CURRENT_TEST"  # pytest's, set at each phase of a test
+SETTABLE = sorted(set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP})
+
+
+@dataclass(frozen=True)
+class ProcessState:
+    signals: dict[int, Any]
+    blocked: frozenset[int]
+    env: dict[str, str]
+    cwd: str
+    threads: int
+    dtype: torch.dtype
+    grad: bool
+    deterministic: tuple[bool, bool]  # use_deterministic_algorithms, and its warn_only
+    cudnn_benchmark: bool
+
+    @classmethod
+    def now(cls) -> ProcessState:
+        return cls(signals={s: signal.getsignal(s) for s in SETTABLE},
+                   blocked=frozenset(signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+                   env=dict(os.environ), cwd=os.getcwd(), threads=torch.get_num_threads(),
+                   dtype=torch.get_default_dtype(), grad=torch.is_grad_enabled(),
+                   deterministic=(torch.are_deterministic_algorithms_enabled(),
+                                  torch.is_deterministic_algorithms_warn_only_enabled()),
+                   cudnn_benchmark=torch.backends.cudnn.benchmark)
+
+    def changes(self, after: ProcessState) -> list[str]:
+        """What ``after`` changed, one line per item, except the environment keys restored quietly."""
+        out = [f"signal {signal.Signals(s).name}: {self.signals[s]!r} -> {after.signals[s]!r}"
+               for s in SETTABLE if self.signals[s] != after.signals[s]]
+        out += [f"signal mask: {sorted(self.blocked)} -> {sorted(after.blocked)}"] * (self.blocked != after.blocked)
+        out += [f"os.environ[{k!r}]: {self.env.get(k)!r} -> {after.env.get(k)!r}"
+                for k in sorted(self.env.keys() | after.env.keys())
+                if self.env.get(k) != after.env.get(k) and k not in (*RESTORED_QUIETLY, PYTEST_OWN)]
+        out += [f"{f.name}: {getattr(self, f.name)!r} -> {getattr(after, f.name)!r}" for f in fields(self)
+                if f.name not in ("signals", "blocked", "env")
+                and getattr(self, f.name) != getattr(after, f.name)]
+        return out
+
+    def restore(self) -> None:
+        for s in SETTABLE:
+            if self.signals[s] is not None and signal.getsignal(s) != self.signals[s]:  # None: not set from Python
+                signal.signal(s, self.signals[s])
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.blocked)
+        for key in os.environ.keys() - self.env.keys() - {PYTEST_OWN}:
+            del os.environ[key]
+        os.environ.update({k: v for k, v in self.env.items() if k != PYTEST_OWN and os.environ.get(k) != v})
+        os.chdir(self.cwd)
+        torch.set_num_threads(self.threads)
+        torch.set_default_dtype(self.dtype)
+        torch.set_grad_enabled(self.grad)
+        torch.use_deterministic_algorithms(self.deterministic[0], warn_only=self.deterministic[1])
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
