@@ -45,7 +45,7 @@ class RunConfig:
 class OptimConfig:
     """``optim``: AdamW and the linear warm-up/decay schedule (``peftlab.module``)."""
 
-    lr: PositiveFloat
+    lr: PositiveFloat | str  # follows method.lr: a number, or auto where the method resolves it (SMT)
     weight_decay: NonNegativeFloat = 0.0
     betas: list[Dropout] = field(default_factory=lambda: [0.9, 0.999])  # each in [0, 1)
     eps: PositiveFloat = 1e-8
@@ -53,6 +53,7 @@ class OptimConfig:
     warmup_steps: NonNegativeInt | None = None
 
     def __post_init__(self) -> None:
+        require(not isinstance(self.lr, str) or self.lr == "auto", f"optim.lr must be a number, got {self.lr!r}")
         require(len(self.betas) == 2, f"optim.betas must hold two numbers (AdamW's β1, β2), got {self.betas}")
 
 
