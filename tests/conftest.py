@@ -19,9 +19,14 @@ os.environ.setdefault("WANDB_MODE", "offline")
 # test must leave as it found it (_leaves_process_state_alone) is the state after those imports. After the lines
 # above: huggingface_hub reads HF_HUB_OFFLINE when imported.
 import sklearn  # noqa: E402, F401
+import torch  # noqa: E402
 
 import peftlab.train  # noqa: E402, F401
 from tests.process_state import ProcessState  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # `make test`: one worker per core, each one torch thread (no
+    # oversubscription); tests that compare a train.py child with this process pass it torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"

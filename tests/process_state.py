@@ -10,6 +10,7 @@ but only when the whole suite ran in one order.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from dataclasses import dataclass, fields
@@ -22,6 +23,27 @@ import torch
 RESTORED_QUIETLY = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
 PYTEST_OWN = "PYTEST_CURRENT_TEST"  # pytest's, set at each phase of a test
 SETTABLE = sorted(set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP})
+LOGGERS = ("", "pytorch_lightning", "lightning_fabric", "peftlab")  # root, Lightning's, ours
+
+
+def logging_state() -> tuple:
+    """Level, handlers and propagation of :data:`LOGGERS`, and whether warnings go to logging (what Hydra's job
+    logging and peftlab.logs.route_library_logs set in a ``train.py`` process)."""
+    loggers = [logging.getLogger(n) for n in LOGGERS]
+    return (*((g.level, tuple(g.handlers), g.propagate) for g in loggers),
+            getattr(logging, "_warnings_showwarning", None) is not None)
+
+
+def restore_logging(state: tuple) -> None:
+    """Put back a :func:`logging_state`; handlers added since are closed (Hydra's ``train.log`` file handler)."""
+    for name, (level, handlers, propagate) in zip(LOGGERS, state[:-1], strict=True):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if h not in handlers]:
+            handler.close()
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
+    logging.captureWarnings(state[-1])
 
 
 @dataclass(frozen=True)
@@ -35,6 +57,7 @@ class ProcessState:
     grad: bool
     deterministic: tuple[bool, bool]  # use_deterministic_algorithms, and its warn_only
     cudnn_benchmark: bool
+    logging: tuple
 
     @classmethod
     def now(cls) -> ProcessState:
@@ -44,7 +67,7 @@ class ProcessState:
                    dtype=torch.get_default_dtype(), grad=torch.is_grad_enabled(),
                    deterministic=(torch.are_deterministic_algorithms_enabled(),
                                   torch.is_deterministic_algorithms_warn_only_enabled()),
-                   cudnn_benchmark=torch.backends.cudnn.benchmark)
+                   cudnn_benchmark=torch.backends.cudnn.benchmark, logging=logging_state())
 
     def changes(self, after: ProcessState) -> list[str]:
         """What ``after`` changed, one line per item, except the environment keys restored quietly."""
@@ -73,3 +96,4 @@ class ProcessState:
         torch.set_grad_enabled(self.grad)
         torch.use_deterministic_algorithms(self.deterministic[0], warn_only=self.deterministic[1])
         torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        restore_logging(self.logging)

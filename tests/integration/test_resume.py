@@ -1,7 +1,8 @@
-"""Kill-and-resume: a ``train.py`` subprocess is SIGKILLed mid-run (after a checkpoint exists), resumed, and
-must end exactly where an uninterrupted run with the same seed ends: same test metrics and bit-identical final
-trainable tensors, buffers (CapaBoost masks) and optimizer-visible state. The kill comes from a callback
-injected through the config (``+callbacks.kill``), so the kill point is exact and the test is not timing-bound.
+"""Kill-and-resume: a run cut mid-run (after a checkpoint exists), resumed, must end exactly where an uninterrupted
+run with the same seed ends: same test metrics and bit-identical final trainable tensors, buffers (CapaBoost masks)
+and optimizer-visible state. One case SIGKILLs a ``train.py`` subprocess (the death no ``finally`` sees); the
+others, which test what each method restores, cut the run in this process with an exception (cheaper). The cut
+comes from a callback injected through the config, so its step is exact and the test is not timing-bound.
 
 Every case: 64 training examples, batch 16 → 4 steps per epoch, 3 epochs = 12 steps, ``last.ckpt`` every 3
 steps (and at the end of training), dropout on (tiny BERT: 0.1). Also: Ctrl-C leaves an ``interrupted`` record
@@ -63,6 +64,19 @@ class InterruptAtStep(pl.Callback):
             os.kill(os.getpid(), signal.SIGINT)
 
 
+class FailAtStep(pl.Callback):
+    """Raises when the batch after optimizer step ``step`` starts: an in-process stand-in for a kill (cheaper
+    than a subprocess)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"interrupted at step {self.step}")
+
+
 def _train_py(args: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same kernels as this process
     return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
@@ -91,20 +105,35 @@ def _final_state(out_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return ckpt["state_dict"], ckpt
 
 
+def _failed_run(overrides: list[str], run_dir: Path, results_dir: Path, fail_at: int) -> None:
+    """The in-process stand-in for a kill (no interpreter start-up): the run raises at step ``fail_at``."""
+    cfg = compose_config(overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(run_dir)
+        cfg.paths.results_dir = str(results_dir)
+        cfg.callbacks.fail = {"_target_": f"{__name__}.FailAtStep", "step": fail_at}
+    with pytest.raises(RuntimeError, match=f"interrupted at step {fail_at}"):
+        run(cfg)
+
+
 def _assert_resume_equals_uninterrupted(tmp_path: Path, overrides: list[str], kill_at: int,
-                                        resume_with: str = "auto") -> dict[str, Any]:
+                                        resume_with: str = "auto", whole: tuple[dict, Path] | None = None,
+                                        kill: bool = False) -> dict[str, Any]:
+    """Cut the run at ``kill_at`` (``kill``: SIGKILL a ``train.py`` child; else an exception in this process),
+    resume it, compare with the uninterrupted run (``whole``: its metrics and output dir, when already run)."""
     overrides = [*COMMON, *overrides]
-    whole = _in_process(overrides, tmp_path / "whole", tmp_path / "runs_whole")
+    if whole is None:
+        whole = _in_process(overrides, tmp_path / "whole", tmp_path / "runs_whole"), tmp_path / "whole"
 
     run_dir = tmp_path / "killed"
-    _killed_run(overrides, run_dir, tmp_path / "runs", kill_at)
+    (_killed_run if kill else _failed_run)(overrides, run_dir, tmp_path / "runs", kill_at)
     killed_step = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"]
     assert 0 < killed_step < STEPS
     resumed = _in_process([*overrides, *(["ckpt_path=last"] if resume_with == "last" else [])], run_dir,
                           tmp_path / "runs")
 
-    assert resumed == whole
-    a, ckpt_whole = _final_state(tmp_path / "whole")
+    assert resumed == whole[0]
+    a, ckpt_whole = _final_state(whole[1])
     b, ckpt_resumed = _final_state(run_dir)
     assert a.keys() == b.keys() and a
     for name in a:
@@ -118,26 +147,34 @@ def _assert_resume_equals_uninterrupted(tmp_path: Path, overrides: list[str], ki
 
 
 def test_lora_mid_epoch_kill_resumes_exactly(tmp_path: Path) -> None:
-    """Killed in epoch 2 at step 7, resumed from step 6 (mid-epoch), by rerunning into the same run dir."""
-    _assert_resume_equals_uninterrupted(tmp_path, ["method=lora", "method.lr=5e-3"], kill_at=7)
+    """SIGKILLed (the one real kill: no ``finally`` or Lightning hook runs) in epoch 2 at step 7, resumed from step
+    6 (mid-epoch) by rerunning into the same run dir; its ``running`` record is completed."""
+    _assert_resume_equals_uninterrupted(tmp_path, ["method=lora", "method.lr=5e-3"], kill_at=7, kill=True)
 
 
-def test_smt_killed_during_warmup_resumes_exactly(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def smt_whole(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, float], Path]:
+    """The uninterrupted SMT run the SMT resume tests compare with (run once): its metrics and output dir."""
+    where = tmp_path_factory.mktemp("smt_whole")
+    return _in_process([*COMMON, *SMT], where / "out", where / "runs"), where / "out"
+
+
+def test_smt_killed_during_warmup_resumes_exactly(tmp_path: Path, smt_whole: tuple[dict, Path]) -> None:
     """Checkpoint at step 3 of a 6-step warm-up: the gradient sums come back, the same blocks are selected."""
-    ckpt = _assert_resume_equals_uninterrupted(tmp_path, SMT, kill_at=5, resume_with="last")
+    ckpt = _assert_resume_equals_uninterrupted(tmp_path, SMT, kill_at=5, resume_with="last", whole=smt_whole)
     assert ckpt["peftlab"]["method_state"]["phase"] == "blocks"
 
 
-def test_smt_killed_after_switch_resumes_exactly(tmp_path: Path) -> None:
+def test_smt_killed_after_switch_resumes_exactly(tmp_path: Path, smt_whole: tuple[dict, Path]) -> None:
     """Checkpoint at step 9, three steps into block training: blocks rebuilt before the optimizer state loads."""
-    _assert_resume_equals_uninterrupted(tmp_path, SMT, kill_at=10)
+    _assert_resume_equals_uninterrupted(tmp_path, SMT, kill_at=10, whole=smt_whole)
 
 
 @pytest.mark.slow
-def test_smt_checkpoint_at_the_switch_step_resumes_exactly(tmp_path: Path) -> None:
+def test_smt_checkpoint_at_the_switch_step_resumes_exactly(tmp_path: Path, smt_whole: tuple[dict, Path]) -> None:
     """The checkpoint of step 6 (= warmup_steps) already holds the switch (the method hook runs before
     ModelCheckpoint), so the resumed run trains blocks from step 7, as the uninterrupted run."""
-    _assert_resume_equals_uninterrupted(tmp_path, SMT, kill_at=8)
+    _assert_resume_equals_uninterrupted(tmp_path, SMT, kill_at=8, whole=smt_whole)
 
 
 @pytest.mark.slow
@@ -156,19 +193,6 @@ def test_resuming_with_other_settings_fails_clearly(tmp_path: Path) -> None:
         _in_process([*overrides, "method.r=4"], tmp_path / "out", tmp_path / "runs")
 
 
-class FailAtStep(pl.Callback):
-    """Raises when the batch after optimizer step ``step`` starts: an in-process stand-in for a kill (cheaper
-    than a subprocess), used to cover every registered method."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        if trainer.global_step == self.step:
-            raise RuntimeError(f"interrupted at step {self.step}")
-
-
 EVERY_METHOD = {  # method → overrides that fit it to tiny BERT and 12 steps
     "full": [], "bitfit": [], "ia3": [], "dora": [], "adapter_houlsby": [], "adapter_pfeiffer": [],
     "capaboost_adapter": [], "adalora": ["method.tinit=2", "method.tfinal=2", "method.delta_t=2"],
@@ -182,13 +206,7 @@ EVERY_METHOD = {  # method → overrides that fit it to tiny BERT and 12 steps
 def test_every_method_resumes_exactly_in_process(tmp_path: Path, method: str) -> None:
     overrides = [*COMMON, f"method={method}", *EVERY_METHOD[method]]
     whole = _in_process(overrides, tmp_path / "whole", tmp_path / "runs_whole")
-    cfg = compose_config(overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(tmp_path / "cut")
-        cfg.paths.results_dir = str(tmp_path / "runs")
-        cfg.callbacks.fail = {"_target_": f"{__name__}.FailAtStep", "step": 7}
-    with pytest.raises(RuntimeError, match="interrupted at step 7"):
-        run(cfg)
+    _failed_run(overrides, tmp_path / "cut", tmp_path / "runs", 7)
     assert _in_process(overrides, tmp_path / "cut", tmp_path / "runs") == whole
     a, _ = _final_state(tmp_path / "whole")
     b, _ = _final_state(tmp_path / "cut")
