@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"), help="directory of the table")
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     methods = sorted(args.methods, key=lambda m: (m != REFERENCE, m))  # LoRA first: the reference row
+    git = results.git_commit()  # the code the runs use (checked out before they start)
     rows = []
     for method in methods:
         with tempfile.TemporaryDirectory(prefix=f"bench_demo_{method}_") as work:
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench_demo] {method}: " + (f"test {r['metric']} {r['test']:.2f}, {r['trainable']:,} trainable, "
               if "test" in r else f"FAILED ({r['error']}), ") + f"{r['cpu_s']} CPU s", flush=True)
     command = shlex.join(["python", "scripts/bench_demo.py", *argv])
-    record = {"created": results.now(), "git": results.git_commit(), "hardware": results.hardware(),
+    record = {"created": results.now(), "git": git, "hardware": results.hardware(),
               "versions": results.versions(), "command": command, "rows": rows}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
