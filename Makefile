@@ -16,11 +16,13 @@ NONE_FAILS = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: fa
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
+# pip through the venv's own python (a copied venv's bin/pip may start another venv's interpreter); an existing
+# venv is not re-created (that rewrites its pyvenv.cfg and activate scripts in place)
 .venv/.installed: requirements.txt pyproject.toml
-	python3 -m venv .venv
-	.venv/bin/pip install -q --upgrade pip
-	.venv/bin/pip install -q -r requirements.txt
-	.venv/bin/pip install -q --no-deps -e .
+	test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/python -m pip install -q --upgrade pip
+	.venv/bin/python -m pip install -q -r requirements.txt
+	.venv/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
 install: .venv/.installed ## create .venv with pinned dependencies and the package (editable)
