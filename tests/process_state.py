@@ -1,11 +1,16 @@
 """The process-global state a test must leave as it found it (signal handlers and mask, environment, working
-directory, torch's global switches), and the autouse fixture of ``tests/conftest.py`` that fails a test which
-changes it, then puts it back.
+directory, torch's global switches, logging), and the autouse fixture of ``tests/conftest.py`` that fails a test
+which changes it, then puts it back.
 
-Why: ``subprocess`` children inherit the signal dispositions, the signal mask and the environment of the pytest
-process. A test that left SIGINT ignored (Lightning's ``Trainer.fit`` does so on a KeyboardInterrupt and never
-restores it) made a later test's ``train.py`` child ignore its own Ctrl-C, so it completed instead of exiting 130,
-but only when the whole suite ran in one order.
+Why: a later test runs in what an earlier one left, and ``subprocess`` children inherit the signal dispositions,
+the signal mask and the environment of the pytest process, so such a leak makes a test's outcome depend on the
+order and on the tests run before it. Found so: every in-process ``train.run`` turned on
+``torch.use_deterministic_algorithms`` and set ``CUBLAS_WORKSPACE_CONFIG`` for the rest of the session
+(``Trainer(deterministic=True)``; now put back by ``peftlab.global_state``); Hydra's job logging of an in-process
+``train.py`` kept a handler writing later tests' logs into that run's ``train.log``. The Ctrl-C test failed (exit 0
+instead of 130) because its ``train.py`` child inherited an ignored SIGINT (CPython then installs no
+KeyboardInterrupt handler): a suite started in the background of a non-interactive shell (``make test &``) runs
+with SIGINT ignored; that test now runs in-process with Python's own handler.
 """
 
 from __future__ import annotations
