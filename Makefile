@@ -5,19 +5,24 @@ export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export WANDB_MODE ?= offline
 
+# test processes (pytest-xdist): 2 = the CI machine's cores; TEST_WORKERS=0 runs in this process (a debugger, -x)
+TEST_WORKERS ?= 2
+PYTEST = $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal
 # pytest's status, except that "no tests collected" (5) fails
 NONE_FAILS = rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
-.PHONY: help install demo test test-slow test-all lint bench clean
+.PHONY: help install demo test test-slow test-all lint bench mini clean
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
+# pip through the venv's own python (a copied venv's bin/pip may start another venv's interpreter); an existing
+# venv is not re-created (that rewrites its pyvenv.cfg and activate scripts in place)
 .venv/.installed: requirements.txt pyproject.toml
-	python3 -m venv .venv
-	.venv/bin/pip install -q --upgrade pip
-	.venv/bin/pip install -q -r requirements.txt
-	.venv/bin/pip install -q --no-deps -e .
+	test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/python -m pip install -q --upgrade pip
+	.venv/bin/python -m pip install -q -r requirements.txt
+	.venv/bin/python -m pip install -q --no-deps -e .
 	touch $@
 
 install: .venv/.installed ## create .venv with pinned dependencies and the package (editable)
@@ -26,19 +31,22 @@ demo: install ## offline demo: MiniLM + LoRA on the synthetic pair task (CPU, a 
 	time $(PY) train.py
 
 test: install ## the quick loop: every test not marked slow; "no tests collected" fails
-	@$(PY) -m pytest -q; $(NONE_FAILS)
+	@$(PYTEST); $(NONE_FAILS)
 
 test-slow: install ## only the tests marked slow (CI runs them after `make test`)
-	@$(PY) -m pytest -q -m slow; $(NONE_FAILS)
+	@$(PYTEST) -m slow; $(NONE_FAILS)
 
 test-all: install ## every test, slow ones included
-	@$(PY) -m pytest -q -m ""; $(NONE_FAILS)
+	@$(PYTEST) -m ""; $(NONE_FAILS)
 
 lint: install ## ruff
 	$(PY) -m ruff check .
 
 bench: install ## method benchmark: memory and step time vs full FT and LoRA, same run
 	$(PY) scripts/bench_methods.py
+
+mini: install ## rebuild every mini table and figure from new records of this (clean) commit (scripts/rebuild_mini.py)
+	$(PY) scripts/rebuild_mini.py
 
 clean: ## remove run outputs (not results/)
 	rm -rf outputs multirun lightning_logs .pytest_cache

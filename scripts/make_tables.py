@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from peftlab.errors import ConfigError
-from peftlab.reproduce import experiment_names, table_columns
+from peftlab.reproduce import experiment_names, load_table, table_columns
 from peftlab.table_render import Header, render_csv, render_markdown
 from peftlab.tables import Records, build_table, cell_key, is_mini, load_records, table_of
 
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 record_count=len(data.records), commits=Records(complete=data.records).commits(),
                 models=sorted({str(r.get("model")) for r in data.records}),
                 tasks=sorted({str(r["task"]) for r in data.records}), mini=mini,
+                note=(load_table(table).get("mini") or {}).get("note") if mini and table in known else None,
                 incomplete=[str(p) for p in recs.incomplete if table_of(p) in (table, None)],
                 refused=[(str(p), w) for p, w in recs.refused])
             changed = [write_if_changed(out / f"{table}.md", render_markdown(data, paper, header)),

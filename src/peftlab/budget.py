@@ -41,6 +41,7 @@ from torch import nn
 
 from peftlab.config_utils import require
 from peftlab.errors import ConfigError, PeftlabError
+from peftlab.logs import quiet_known_warnings
 from peftlab.methods import build_method
 from peftlab.methods.base import count_parameters, head_module_names, head_parameter_count
 from peftlab.models import ModelSpec, load_backbone, resolve_path
@@ -196,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", action="store_true", help="predicted training memory (docs/memory.md); "
                         "settings batch= seq= precision= grad_checkpointing= ... among the overrides")
     args = parser.parse_intermixed_args(argv)
+    quiet_known_warnings()  # the run's filter of known third-party messages: the answer alone is printed
     try:
         if args.memory:
             from peftlab.memory import report  # noqa: PLC0415  (peftlab.memory imports this module)

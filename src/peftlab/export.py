@@ -35,7 +35,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from peftlab import results
+from peftlab import global_state, results
 from peftlab.checkpoint import load_checkpoint
 from peftlab.config_utils import require
 from peftlab.data import TaskDataModule
@@ -195,12 +195,13 @@ def evaluate(directory: str | os.PathLike[str]) -> tuple[dict[str, float], dict[
     task.setup(preprocessor, cfg.seed)
     module = PeftModule(model, method, task, to_dict(cfg.optim))
     # one process, whatever the run used: a multi-process run scored the same batches (docs/multi_gpu.md)
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[], enable_progress_bar=False,
-                                                  default_root_dir=str(directory), strategy="auto", devices=1,
-                                                  num_nodes=1)
     measured: dict[str, float] = {}
-    for row in trainer.test(module, datamodule=TaskDataModule(task, cfg.get("num_workers", 0)), verbose=False):
-        measured.update({k: float(v) for k, v in row.items()})
+    with global_state.kept():  # what Lightning changes process-wide (peftlab.global_state)
+        trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[],
+                                                      enable_progress_bar=False, default_root_dir=str(directory),
+                                                      strategy="auto", devices=1, num_nodes=1)
+        for row in trainer.test(module, datamodule=TaskDataModule(task, cfg.get("num_workers", 0)), verbose=False):
+            measured.update({k: float(v) for k, v in row.items()})
     return measured, meta.get("recorded_metrics", {})
 
 

@@ -44,6 +44,7 @@ class Header:
     models: list[str]
     tasks: list[str]
     mini: bool = False
+    note: str | None = None  # a mini table's caveat (conf/experiment/<table>.yaml table.mini.note)
     incomplete: list[str] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)
 
@@ -113,6 +114,7 @@ def render_markdown(data: TableData, paper: dict[tuple[str, str, str], PaperValu
     if header.mini:
         out += [f"> **MINI RUN** on model(s) {', '.join(header.models)} and data {', '.join(header.tasks)}: "
                 "a small offline check of the pipeline, **not comparable with the paper numbers**.", ""]
+        out += [f"> {header.note}", ""] if header.note else []
     out += [f"- command: `{header.command}`", f"- built: {header.date}",
             f"- from {header.record_count} complete record(s); git commit(s): {', '.join(header.commits) or 'none'}",
             f"- model(s): {', '.join(header.models) or 'none'}", ""]

@@ -20,7 +20,7 @@ from pytorch_lightning.strategies import FSDPStrategy
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from peftlab import distributed, faults, optim, precision, results
+from peftlab import distributed, faults, global_state, optim, precision, results
 from peftlab.checkpoint import load_checkpoint
 from peftlab.config_utils import build_dataclass, check_known, check_writable, instantiate, require, to_dict
 from peftlab.data import TaskDataModule
@@ -275,7 +275,14 @@ def _record_interrupted(path: Path | None, record: dict[str, Any], err: BaseExce
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train and evaluate one configuration; write its record; return its metrics."""
+    """Train and evaluate one configuration; write its record; return its metrics. The process-wide state Lightning
+    changes on the way (deterministic algorithms, SIGINT after a Ctrl-C: :mod:`peftlab.global_state`) is put back,
+    for callers that go on in the same process."""
+    with global_state.kept():
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     quiet_known_warnings()
     route_library_logs()

@@ -12,8 +12,10 @@ the same order: see peftlab.data) on a tiny model with dropout off, and:
   one mean of 2B: the sums differ in the last bits); the largest difference is printed (``pytest -s``);
 - the method's decisions (SMT's blocks, LISA's layers, SpIEL's indices) equal the one-process run's.
 
-The default suite runs LoRA, SMT in both warm-up modes and a generation task; every registered method and
-SQuAD's windows are marked slow.
+The default suite runs one DDP run per mechanism: SMT with its ``grad_only`` warm-up on a classification task (the
+probed weights DDP must leave alone, the switch that re-wraps DDP around new tensors) and LoRA on a generation
+task (the loss normalised per batch, the generated answers gathered); LoRA on classification, SMT's ``full``
+warm-up, every other registered method and SQuAD's windows are marked slow.
 """
 
 from __future__ import annotations
@@ -158,9 +160,10 @@ def check_ddp_equals_one_process(tmp_path: Path, overrides: list[str], accumulat
     return diff
 
 
-@pytest.mark.parametrize("extra", [["method=lora", "method.lr=1e-2"], ["method=smt", *SMT, "method.warmup_mode=full"],
-                                   ["method=smt", *SMT, "method.warmup_mode=grad_only"]],
-                         ids=["lora", "smt_full", "smt_grad_only"])
+@pytest.mark.parametrize("extra", [
+    pytest.param(["method=lora", "method.lr=1e-2"], id="lora", marks=pytest.mark.slow),
+    pytest.param(["method=smt", *SMT, "method.warmup_mode=full"], id="smt_full", marks=pytest.mark.slow),
+    pytest.param(["method=smt", *SMT, "method.warmup_mode=grad_only"], id="smt_grad_only")])
 def test_ddp_equals_one_process(tmp_path: Path, extra: list[str]) -> None:
     check_ddp_equals_one_process(tmp_path, [*COMMON, *extra])
 

@@ -10,8 +10,6 @@ import functools
 import json
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from peftlab import budget, train
 from peftlab import reproduce as rp
 from tests.conftest import ROOT
+from tests.integration.cli import reproduce_script
 
 TABLES = rp.experiment_names()
 REQUIRED = {"smt_commonsense", "capaboost_glue", "capaboost_squad", "capaboost_vtab", "sparse_peers", "smt_budget"}
@@ -220,11 +219,7 @@ def _variants(overrides: list[str]) -> list[list[str]]:
 def test_every_shown_command_composes() -> None:
     """Every command a doc or config shows runs as written (composes and validates, data aside); a ``train.py
     experiment=<table>`` command that names a table cell gives exactly that cell's cited values."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("reproduce_script", ROOT / "scripts" / "reproduce.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)  # type: ignore[union-attr]
+    script = reproduce_script()
     commands = shown_commands()
     assert len(commands) > 30, commands
     problems = []
@@ -284,21 +279,23 @@ def test_submitit_slurm_launcher_config() -> None:
     assert cfg.hydra.launcher.gpus_per_node == 1
 
 
-def test_tiny_mini_point_end_to_end_then_skipped(tmp_path: Path) -> None:
+def test_tiny_mini_point_end_to_end_then_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``scripts/reproduce.py`` (its main, in this process) launches the point's ``train.py -m`` child."""
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "scripts/reproduce.py", "capaboost_vtab", "--mini", "--methods", "lora", "--seeds", "0",
-           "--runs-dir", str(runs), "--no-tables", "--", "task.epochs=1", "+trainer.limit_train_batches=4",
-           f"hydra.sweep.dir={tmp_path}/multirun"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    args = ["capaboost_vtab", "--mini", "--methods", "lora", "--seeds", "0", "--runs-dir", str(runs), "--no-tables",
+            "--", "task.epochs=1", "+trainer.limit_train_batches=4", f"hydra.sweep.dir={tmp_path}/multirun"]
+    script = reproduce_script()
+    assert script.main(args) == 0, capsys.readouterr().err[-3000:]
     (path,) = runs.rglob("*.json")
     record = json.loads(path.read_text())
     assert record["status"] == "complete"
     assert record["config"]["table"] == {**record["config"]["table"], "name": "capaboost_vtab", "row": "lora"}
     assert "table:capaboost_vtab" in record["tags"] and record["model"] == "tiny_vit"
     assert record["command"].startswith("python train.py experiment=capaboost_vtab ") and "seed=0" in record["command"]
-    again = subprocess.run([*cmd[:cmd.index("--")], "--dry-run"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "1 already complete" in again.stdout and "0 to run" in again.stdout
+    capsys.readouterr()
+    assert script.main([*args[:args.index("--")], "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1 already complete" in out and "0 to run" in out
 
 
 def _distinct_method_cells() -> list[tuple[str, rp.Point]]:

@@ -4,15 +4,13 @@ reproduction in which every run failed writes no table."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from peftlab.sweep import OUTCOME, collect, summary
 from tests.conftest import ROOT, TINY
-from tests.integration.cli import run_cli
+from tests.integration.cli import reproduce_script, run_cli
 
 
 def test_multirun_lists_failed_jobs_and_exits_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -50,16 +48,17 @@ def test_summary_names_what_sets_each_failed_job_apart() -> None:
         "  FAILED mr/1 (task=b): DataUnavailableError: task.data_root=x is not a directory"]
 
 
-def test_reproduce_lists_failed_runs_exits_1_and_writes_no_empty_table(tmp_path: Path) -> None:
+def test_reproduce_lists_failed_runs_exits_1_and_writes_no_empty_table(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     table = ROOT / "results" / "tables" / "mini" / "capaboost_vtab.md"
     before = table.read_bytes() if table.exists() else None
-    cmd = [sys.executable, "scripts/reproduce.py", "capaboost_vtab", "--mini", "--methods", "lora", "--seeds", "0",
-           "--runs-dir", str(tmp_path / "runs"), "--", "method.r=0", f"hydra.sweep.dir={tmp_path}/multirun"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "[reproduce] capaboost_vtab: 0 of 1 job(s) complete, 1 failed" in proc.stderr
-    (failed,) = [line for line in proc.stderr.split("[reproduce] capaboost_vtab:")[1].splitlines()
+    args = ["capaboost_vtab", "--mini", "--methods", "lora", "--seeds", "0", "--runs-dir", str(tmp_path / "runs"),
+            "--", "method.r=0", f"hydra.sweep.dir={tmp_path}/multirun"]
+    assert reproduce_script().main(args) == 1  # in this process; it launches the train.py -m child
+    err = capsys.readouterr().err
+    assert "[reproduce] capaboost_vtab: 0 of 1 job(s) complete, 1 failed" in err
+    (failed,) = [line for line in err.split("[reproduce] capaboost_vtab:")[1].splitlines()
                  if line.startswith("  FAILED ")]
     assert " method.r=0 " in failed and failed.endswith("ConfigError: method.r must be an integer >= 1, got 0")
-    assert "no complete run of table 'capaboost_vtab'" in proc.stderr and "table not written" in proc.stderr
+    assert "no complete run of table 'capaboost_vtab'" in err and "table not written" in err
     assert (table.read_bytes() if table.exists() else None) == before

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from peftlab.train import run
-from tests.conftest import ROOT
+from tests.integration.cli import run_cli
 
 
 def _train_losses(out_dir: Path) -> list[float]:
@@ -65,12 +63,12 @@ def test_nan_loss_stops_the_run_and_leaves_a_failed_record(cfg_factory, tmp_path
     assert record["status"] == "failed" and "metrics" not in record
 
 
-def test_multirun_sweeps_methods_and_seeds(tmp_path: Path) -> None:
+def test_multirun_sweeps_methods_and_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     args = ["-m", "method=full,lora", "seed=0,1", "model=tiny_bert", "logger=none", "callbacks=none",
             "task.num_train=32", "task.num_validation=16", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
             f"paths.results_dir={tmp_path}/runs", f"hydra.sweep.dir={tmp_path}/multirun"]
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert run_cli(args, monkeypatch) == 0, capsys.readouterr().err[-2000:]  # train.py's entry, in this process
     records = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("*.json")]
     assert sorted((r["method"], r["seed"]) for r in records) == [("full", 0), ("full", 1), ("lora", 0), ("lora", 1)]
     assert all(r["status"] == "complete" for r in records)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from peftlab import global_state
 from peftlab.methods.base import count_parameters
 from peftlab.models import ModelSpec, load_backbone
 from peftlab.train import run
@@ -142,8 +143,9 @@ def test_adalora_total_step_comes_from_the_trainer(cfg_factory) -> None:
     module, datamodule, _ = build(cfg)
     import hydra
 
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
-    trainer.fit(module, datamodule=datamodule)
+    with global_state.kept():  # the run's trainer (deterministic=True) changes process-wide switches
+        trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+        trainer.fit(module, datamodule=datamodule)
     peft_cfg = module.model.peft_config["default"]
     assert peft_cfg.total_step == trainer.global_step == 4
     assert module.method.method_state()["total_step"] == 4

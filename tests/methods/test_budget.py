@@ -112,3 +112,13 @@ def test_capaboost_reports_stored_and_expected_gradient_receiving_counts() -> No
     assert boost.trainable == boost.extra["stored"] == lora.trainable == masked
     # d = 2 copies at density 0.5 reach 1 - (1 - 0.5)^2 = 75% of the masked weights (in expectation)
     assert boost.extra["receives_gradient_expected"] == round(0.75 * masked)
+
+
+def test_cli_prints_no_third_party_warning(capsys: pytest.CaptureFixture[str],
+                                           recwarn: pytest.WarningsRecorder) -> None:
+    """peft wrapping the model made transformers warn ``is_gradient_checkpointing is deprecated`` before the answer;
+    the calculator installs the run's filter of known harmless messages (peftlab.logs)."""
+    assert main([*TINY, "method=lora"]) == 0
+    hidden_by_python = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+    shown = [f"{w.category.__name__}: {w.message}" for w in recwarn if not issubclass(w.category, hidden_by_python)]
+    assert not shown and "trainable" in capsys.readouterr().out

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from peftlab import global_state
 from peftlab.budget import compose, count
 from peftlab.errors import ConfigError
 from peftlab.methods.base import count_parameters
@@ -87,8 +88,9 @@ def test_optimizer_is_rebuilt_over_the_active_blocks_in_a_run(cfg_factory) -> No
     module, datamodule, _ = build(cfg)
     import hydra
 
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
-    trainer.fit(module, datamodule=datamodule)
+    with global_state.kept():  # the run's trainer (deterministic=True) changes process-wide switches
+        trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[])
+        trainer.fit(module, datamodule=datamodule)
     assert module.method.period == 2
     (optimizer,) = trainer.optimizers
     in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -110,8 +112,9 @@ def test_one_lr_schedule_across_rebuilds(cfg_factory) -> None:
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
-    trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[RecordLr()])
-    trainer.fit(module, datamodule=datamodule)
+    with global_state.kept():  # the run's trainer (deterministic=True) changes process-wide switches
+        trainer = hydra.utils.instantiate(cfg.trainer, logger=False, callbacks=[RecordLr()])
+        trainer.fit(module, datamodule=datamodule)
     # 4 steps, 1 warm-up step (HF's linear schedule): factor 0, then linear decay (4-s)/3 — a restarted schedule would
     # give 0 again
     assert lrs == pytest.approx([1e-3 * f for f in (0.0, 1.0, 2 / 3, 1 / 3)])

@@ -6,6 +6,7 @@ block size following the model and the budget calculator's LLaMA default."""
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -70,6 +71,32 @@ def test_warmup_not_shorter_than_the_run_fails_before_training(cfg_factory: Call
     with pytest.raises(ConfigError, match=r"method.warmup_steps=4 is not shorter than the run's 4 optimizer steps"):
         run(cfg_factory(*SMT, "method.warmup_steps=4"))
     assert not list((tmp_path / "runs").rglob("*.json"))
+
+
+# ---------------- auto: the paper's settings fitted to the model and the run ----------------
+def test_auto_settings_are_the_papers_on_llama_7b_and_scale_with_width_and_run_length() -> None:
+    auto = SmtConfig(name="smt")
+    assert auto.resolve_lrs(4096) == (9.65e-6, 1e-4)  # LLaMA-7B: the paper's values
+    assert auto.resolve_lrs(384) == pytest.approx((9.65e-6 * 4096 / 384, 1e-4 * 4096 / 384))  # MiniLM
+    assert SmtConfig(name="smt", lr=2e-5, smt_lr=3e-3).resolve_lrs(384) == (2e-5, 3e-3)  # numbers as given
+    assert [auto.resolve_warmup(t) for t in (3, 192, 1000, 31_875)] == [1, 19, 100, 100]  # 10%, at most 100
+    assert SmtConfig(name="smt", warmup_steps=7).resolve_warmup(192) == 7
+    with pytest.raises(ConfigError, match="method.lr must be a number or auto, got 'fast'"):
+        SmtConfig(name="smt", lr="fast")
+
+
+def test_a_run_resolves_auto_prints_it_and_records_it(cfg_factory: Callable[..., DictConfig], tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    # tiny BERT (hidden 64), 64 examples / batch 16 × 2 epochs = 8 optimizer steps: warm-up 10% → 1 step
+    caplog.set_level("INFO", logger="peftlab")
+    run(cfg_factory("method=smt", "method.block_size=16", "method.budget_unit=blocks", "method.budget=5",
+                    "trainer.max_epochs=2", "test=false"))
+    (record,) = (tmp_path / "runs").rglob("*.json")
+    state = json.loads(record.read_text())["method_state"]
+    assert (state["warmup_steps"], state["switched_at_step"]) == (1, 1)
+    assert (state["lr"], state["smt_lr"]) == pytest.approx((9.65e-6 * 64, 1e-4 * 64))
+    assert "SMT: warmup_steps=auto → 1 (the paper's 100, at most 10% of the run's 8 optimizer steps)" in caplog.text
+    assert "SMT: lr=auto → 0.000618, smt_lr=auto → 0.0064 (auto: the paper's LLaMA-7B" in caplog.text
 
 
 # ---------------- warm-up gradient sums on the CPU ----------------

@@ -266,6 +266,17 @@ def test_make_tables_frames_a_table_by_its_experiment_tasks(tmp_path: Path) -> N
     assert line.startswith("| lora r=1 | ours | 90.00 ± – (1) | missing | missing |"), line  # squad, squad_v2, Avg
 
 
+def test_a_mini_table_says_what_its_experiment_file_notes(tmp_path: Path) -> None:
+    """smt_commonsense's mini columns cannot rank the methods: the table says so (table.mini.note)."""
+    make_tables = load_script("make_tables")
+    write(tmp_path / "runs", make_record("commonsense_synthetic", "lora", 0, {"syn_boolq": 0.0},
+                                         table="smt_commonsense"))
+    out = tmp_path / "tables"
+    assert make_tables.main(["--runs", str(tmp_path / "runs"), "--out", str(out), "--mini"]) == 0
+    text = (out / "smt_commonsense.md").read_text()
+    assert "> **MINI RUN**" in text and "> The commonsense columns cannot rank the methods: the tiny LLaMA" in text
+
+
 def test_vision_report_one_value_per_row_task_seed(tmp_path: Path) -> None:
     """vision.report: a rerun of the same task and seed replaces the older run (not a second seed); runs whose
     settings differ are different rows, labelled with what differs."""

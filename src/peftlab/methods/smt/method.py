@@ -50,7 +50,15 @@ from peftlab.errors import ConfigError
 from peftlab.methods import METHODS
 from peftlab.methods.base import Method, freeze, named_targets, unfreeze_head
 from peftlab.methods.grad_probe import GradientSums, ReadsGradients
-from peftlab.methods.smt.config import BLOCK_SIZES, SmtConfig
+from peftlab.methods.smt.config import (
+    AUTO_WARMUP_SHARE,
+    BLOCK_SIZES,
+    PAPER_LR,
+    PAPER_SMT_LR,
+    PAPER_WARMUP_STEPS,
+    PAPER_WIDTH,
+    SmtConfig,
+)
 from peftlab.methods.smt.layer import BlockSparseLinear
 from peftlab.methods.smt.selection import block_scores, budget_blocks, select_blocks
 from peftlab.models import ModelSpec
@@ -94,6 +102,10 @@ class SparseMatrixTuning(ReadsGradients, Method):
         self.switched_at: int | None = None
         self.selection: dict[str, list[int]] = {}
         self.block_size = 0  # resolved from config.block_size (auto: the largest size dividing every matrix)
+        # resolved from config.lr/smt_lr (apply: the model's width) and config.warmup_steps (check_total_steps: the
+        # run's length); a number in the config is used as given
+        self.lr, self.smt_lr = (None if v == "auto" else float(v) for v in (config.lr, config.smt_lr))
+        self.warmup_steps = None if config.warmup_steps == "auto" else int(config.warmup_steps)
         self.grad_sums_memory: dict[str, int] = {}  # device type → bytes of the warm-up gradient sums
         self._hooks: list[Any] = []
 
@@ -156,6 +168,12 @@ class SparseMatrixTuning(ReadsGradients, Method):
         if self.config.block_size == "auto":
             log.info(f"[peftlab] SMT: block_size=auto → {self.block_size} (the largest of {list(BLOCK_SIZES)} dividing "
                      f"every eligible matrix); {self.planned_blocks()} blocks planned")
+        width = min(m.in_features for pool in self.pools.values() for m in pool.values())  # q/k/v/gate/up: hidden
+        self.lr, self.smt_lr = self.config.resolve_lrs(width)
+        if "auto" in (self.config.lr, self.config.smt_lr):
+            log.info(f"[peftlab] SMT: lr={self.config.lr} → {self.lr:.3g}, smt_lr={self.config.smt_lr} → "
+                     f"{self.smt_lr:.3g} (auto: the paper's LLaMA-7B {PAPER_LR:g} and {PAPER_SMT_LR:g} × "
+                     f"{PAPER_WIDTH} / hidden size {width})")
         if self.config.warmup_mode == "full":
             for p in model.parameters():
                 p.requires_grad_(True)
@@ -216,7 +234,12 @@ class SparseMatrixTuning(ReadsGradients, Method):
         return self.config.smt_lr_warmup_steps if self.phase == "blocks" else None
 
     def check_total_steps(self, total_steps: int) -> None:
-        require(self.config.warmup_steps < total_steps, f"method.warmup_steps={self.config.warmup_steps} is not "
+        """Resolves ``warmup_steps=auto`` from the run's optimizer steps, then checks that blocks get trained."""
+        self.warmup_steps = self.config.resolve_warmup(total_steps)
+        if self.config.warmup_steps == "auto":
+            log.info(f"[peftlab] SMT: warmup_steps=auto → {self.warmup_steps} (the paper's {PAPER_WARMUP_STEPS}, at "
+                     f"most {AUTO_WARMUP_SHARE:.0%} of the run's {total_steps} optimizer steps)")
+        require(self.warmup_steps < total_steps, f"method.warmup_steps={self.warmup_steps} is not "
                 f"shorter than the run's {total_steps} optimizer steps, so SMT would never train its blocks (the run "
                 f"would be full fine-tuning); set method.warmup_steps below {total_steps} or train longer "
                 "(task.epochs, trainer.max_steps)")
@@ -227,13 +250,20 @@ class SparseMatrixTuning(ReadsGradients, Method):
         return self.sums.nbytes()
 
     def on_train_batch_end(self, model: nn.Module, step: int) -> bool:
-        if self.phase == "warmup" and step >= self.config.warmup_steps:
+        if self.phase == "warmup" and step >= self._warmup_steps():
             self.switch(model, step)
             return True
         return False
 
     def current_lr(self) -> float:
-        return self.config.smt_lr if self.phase == "blocks" else self.config.lr
+        lr = self.smt_lr if self.phase == "blocks" else self.lr
+        require(lr is not None, "SMT's learning rates resolve when it is applied to a model (method.apply)")
+        return lr
+
+    def _warmup_steps(self) -> int:
+        require(self.warmup_steps is not None, "method.warmup_steps=auto resolves from the run's length (inside "
+                "train.py); outside a run set method.warmup_steps to a number")
+        return self.warmup_steps
 
     def probed_parameters(self, model: nn.Module) -> set[str]:
         """``grad_only`` warm-up: the eligible weights, read and freed by the hooks, never updated."""
@@ -248,9 +278,9 @@ class SparseMatrixTuning(ReadsGradients, Method):
         model.train()
         opt = None
         if self.config.warmup_mode == "full":
-            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.config.lr,
+            opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.current_lr(),
                                     weight_decay=0.0)
-        for step, batch in zip(range(1, self.config.warmup_steps + 1), batches, strict=False):
+        for step, batch in zip(range(1, self._warmup_steps() + 1), batches, strict=False):
             loss = loss_fn(model, batch) if loss_fn else model(**batch).loss
             loss.backward()
             self.on_before_optimizer_step(model, skipped=False)
@@ -314,7 +344,8 @@ class SparseMatrixTuning(ReadsGradients, Method):
 
     def method_state(self) -> dict[str, Any]:
         """JSON-ready: phase, selection (block indices per matrix) and its counts, for checkpoints and records."""
-        state: dict[str, Any] = {"phase": self.phase, "block_size": self.block_size,
+        state: dict[str, Any] = {"phase": self.phase, "block_size": self.block_size, "lr": self.lr,
+                                 "smt_lr": self.smt_lr, "warmup_steps": self.warmup_steps,
                                  "budget_blocks": dict(self.budgets), "switched_at_step": self.switched_at,
                                  "grad_sums_bytes": self.grad_sum_bytes() if self.phase == "warmup"
                                  else dict(self.grad_sums_memory)}
