@@ -40,6 +40,7 @@ from torch.distributed.fsdp._common_utils import clean_tensor_name
 from peftlab import distributed
 from peftlab.config_utils import require
 from peftlab.methods.base import Method
+from peftlab.offload import CpuOffload
 from peftlab.precision import PrecisionRule
 from peftlab.tasks.base import Task
 
@@ -72,6 +73,8 @@ class PeftModule(pl.LightningModule):
         self.schedule_origin = 0  # global step at which the current lr schedule (warm-up, decay) began
         self._rng_to_restore: dict[str, Any] | None = None
         self.precision_rule = PrecisionRule()
+        # optim.offload: the optimizer of full-parameter phases in CPU memory (peftlab.offload, docs/memory.md)
+        self.offload = CpuOffload(bool(optim.get("offload", False)), self.model)
 
     # ---- training ----
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -82,8 +85,10 @@ class PeftModule(pl.LightningModule):
         return loss
 
     def apply_precision_rule(self) -> None:
-        """Trained tensors fp32, the others in their load dtype (:mod:`peftlab.precision`)."""
-        self.precision_rule.apply(self.model, self.method.trained_parameters(self.model))
+        """Trained tensors fp32, the others in their load dtype (:mod:`peftlab.precision`); in an offloaded
+        phase every weight keeps its load dtype on the device, its fp32 master in CPU memory (peftlab.offload)."""
+        trained = [] if self.offload.applies(self.model) else self.method.trained_parameters(self.model)
+        self.precision_rule.apply(self.model, trained)
 
     def on_fit_start(self) -> None:
         self.method.on_fit_start(self.model, int(self.trainer.estimated_stepping_batches))
@@ -140,6 +145,7 @@ class PeftModule(pl.LightningModule):
             betas=tuple(o["betas"]),
             eps=o["eps"],
         )
+        optimizer = self.offload.wrap(optimizer, self.model, self.schedule_start)
         # schedule_start/origin, not global_step: on a resume Lightning builds the optimizer before it restores the
         # step. The scheduler counts from schedule_start; the schedule itself runs from schedule_origin.
         total = max(1, self.trainer.estimated_stepping_batches - self.schedule_origin)
@@ -218,6 +224,7 @@ class PeftModule(pl.LightningModule):
             "schedule_origin": self.schedule_origin,
             "rng": get_rng_state(),
             "run_config": self.run_config,
+            "optimizer_engines": self.offload.history,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -237,6 +244,7 @@ class PeftModule(pl.LightningModule):
         self.schedule_start = int(extra.get("schedule_start", 0))
         self.schedule_origin = int(extra.get("schedule_origin", self.schedule_start))
         self._rng_to_restore = extra.get("rng")
+        self.offload.history = list(extra.get("optimizer_engines", []))
 
 
 class MethodStep(pl.Callback):

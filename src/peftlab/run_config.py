@@ -51,6 +51,7 @@ class OptimConfig:
     eps: PositiveFloat = 1e-8
     warmup_ratio: Dropout = 0.06  # in [0, 1)
     warmup_steps: NonNegativeInt | None = None
+    offload: bool = False  # the optimizer of full-parameter phases in CPU memory (peftlab.offload)
 
     def __post_init__(self) -> None:
         require(len(self.betas) == 2, f"optim.betas must hold two numbers (AdamW's β1, β2), got {self.betas}")
