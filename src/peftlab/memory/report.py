@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 from typing import Any
 
 from omegaconf import DictConfig
 
 from peftlab.architecture import compose, with_default_task
 from peftlab.config_utils import require
+from peftlab.errors import ConfigError
 from peftlab.memory.predict import predict_config
 from peftlab.memory.states import GiB, MemorySetting, Prediction
 
@@ -16,8 +18,15 @@ SEQ_KEYS = ("cutoff_len", "max_length", "max_seq_length")  # the task options th
 BOOLEANS = {"true": True, "false": False}
 KINDS = {"frozen_weights": "frozen weights", "trained_params": "trained params", "master_copies": "fp32 master copies",
          "gradients": "gradients", "optimizer_state": "optimizer state (AdamW)", "method_state": "method state",
-         "activations": "activations (end of forward)"}
+         "activations": "activations (end of forward)", "offloaded": "in CPU memory"}
 GPUS = (24, 40, 80)  # GiB sizes of common GPUs
+# What a real GPU needs beyond the predicted peak of allocated tensors (docs/memory.md "Fits"): the caching allocator
+# holds more than it hands out (reserved > allocated: block rounding, fragmentation), and the CUDA context, cuBLAS/
+# cuDNN workspaces and the gap between a card's nominal and usable size are outside PyTorch's count. Stated
+# assumptions, checked by scripts/device_check_offload.py (max_memory_reserved vs max_memory_allocated, and the
+# device memory in use outside PyTorch).
+RESERVE = 0.10
+CONTEXT = 2 * GiB
 
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -36,11 +45,13 @@ def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
 
 def memory_setting(cfg: DictConfig, settings: dict[str, str]) -> MemorySetting:
     """The settings given on the command line; the rest from the config: batch = ``task.batch_size``, seq = the
-    task's ``cutoff_len``/``max_length``/``max_seq_length``, gradient checkpointing = ``model.gradient_checkpointing``;
-    precision ``bf16-mixed`` and device ``cuda`` (the GPU trainer: SMT sums offloaded, AdamW foreach)."""
+    task's ``cutoff_len``/``max_length``/``max_seq_length``, gradient checkpointing = ``model.gradient_checkpointing``,
+    the optimizer offload = ``optim.offload``; precision ``bf16-mixed`` and device ``cuda`` (the GPU trainer: SMT sums
+    offloaded, AdamW foreach)."""
     values: dict[str, Any] = {"batch": cfg.task.get("batch_size"),
                               "seq": next((cfg.task[k] for k in SEQ_KEYS if cfg.task.get(k)), 1),
-                              "grad_checkpointing": bool(cfg.model.get("gradient_checkpointing", False))}
+                              "grad_checkpointing": bool(cfg.model.get("gradient_checkpointing", False)),
+                              "optimizer_offload": bool(cfg.optim.get("offload", False))}
     for key, text in settings.items():
         if key in ("batch", "seq"):
             require(text.isdigit(), f"{key}={text} is not an integer >= 1 (e.g. {key}=16)")
@@ -54,24 +65,65 @@ def memory_setting(cfg: DictConfig, settings: dict[str, str]) -> MemorySetting:
 
 
 def report(overrides: list[str]) -> str:
-    """``python -m peftlab.budget <overrides> --memory``: the prediction for the composed config, described."""
+    """``python -m peftlab.budget <overrides> --memory``: the prediction for the composed config, described; when
+    it fits no GPU of the largest size, the same with the settings that make it fit (:func:`fitting`)."""
     hydra, settings = split_overrides(overrides)
     cfg = compose(with_default_task(hydra))
     setting = memory_setting(cfg, settings)
-    return describe(cfg, setting, predict_config(cfg, setting))
+    pred = predict_config(cfg, setting)
+    text = describe(cfg, setting, pred)
+    if "none" in fits(pred.peak) or GPUS[-1] not in fitting_sizes(pred.peak):
+        found = fitting(cfg, setting)
+        if found is None:
+            return text + f"\nno setting of optim.offload / grad_checkpointing fits one {GPUS[-1]} GiB GPU"
+        change, better = found
+        text += (f"\n\nfits one {GPUS[-1]} GiB GPU with {change}:\n" + describe(cfg, replace(setting, **{
+            k: True for k in change_keys(change)}), better))
+    return text
 
 
-def gib(n: int) -> str:
+def change_keys(change: str) -> list[str]:
+    """``optim.offload=true grad_checkpointing=true`` → the :class:`MemorySetting` fields it sets."""
+    return [{"optim.offload": "optimizer_offload"}.get(k, k) for k in (c.split("=")[0] for c in change.split())]
+
+
+def fitting(cfg: DictConfig, setting: MemorySetting) -> tuple[str, Prediction] | None:
+    """The first of: the optimizer in CPU memory (``optim.offload=true``, for methods with a full-parameter phase),
+    gradient checkpointing, both; that fits one GPU of the largest size; with its prediction."""
+    for change in ("optim.offload=true", "grad_checkpointing=true", "optim.offload=true grad_checkpointing=true"):
+        keys = change_keys(change)
+        if all(getattr(setting, k) for k in keys):
+            continue
+        try:
+            pred = predict_config(cfg, replace(setting, **dict.fromkeys(keys, True)))
+        except ConfigError:  # e.g. optim.offload=true for a method that trains part of the model
+            continue
+        if GPUS[-1] in fitting_sizes(pred.peak):
+            return change, pred
+    return None
+
+
+def gib(n: int | float) -> str:
     return f"{n / GiB:.2f}"
 
 
+def with_margin(peak: int) -> float:
+    """The device memory a predicted peak of allocated tensors needs: + :data:`RESERVE` for the caching allocator's
+    reserve above allocation and + :data:`CONTEXT` for the CUDA context and library workspaces (docs/memory.md)."""
+    return peak * (1 + RESERVE) + CONTEXT
+
+
+def fitting_sizes(peak: int) -> list[int]:
+    return [g for g in GPUS if with_margin(peak) <= g * GiB]
+
+
 def fits(peak: int) -> str:
-    """The GPU sizes of :data:`GPUS` a peak fits on (allocated bytes, one device), or "none"."""
-    return ", ".join(f"{g}" for g in GPUS if peak <= g * GiB) or "none"
+    """The GPU sizes of :data:`GPUS` a peak fits on, margin included (one device), or "none"."""
+    return ", ".join(map(str, fitting_sizes(peak))) or "none"
 
 
 def describe(cfg: DictConfig, setting: MemorySetting, pred: Prediction) -> str:
-    """The split per phase (GiB), the moment of each phase's peak, and the overall peak."""
+    """The split per phase (GiB), the engine and the moment of each phase's peak, and the overall peak."""
     phases = list(pred.phases)
     checkpointing = "on" if setting.grad_checkpointing else "off"
     lines = [f"model={cfg.model.name} method={cfg.method.name} task={cfg.task.name}: {pred.inputs}, "
@@ -83,10 +135,12 @@ def describe(cfg: DictConfig, setting: MemorySetting, pred: Prediction) -> str:
     for p in phases:
         s = pred.phases[p]
         moment = max(s.moments, key=lambda m: s.moments[m])
-        lines.append(f"peak of {pred.labels[p]}: {gib(s.peak)} GiB at the {moment}"
+        lines.append(f"peak of {pred.labels[p]}: {gib(s.peak)} GiB at the {moment}; optimizer: {s.engine}"
                      + (f"; + {gib(s.offloaded)} GiB in CPU memory" if s.offloaded else ""))
     sizes = fits(pred.peak)
-    lines.append(f"peak: {gib(pred.peak)} GiB (" + (f"fits one GPU of: {sizes} GiB)" if sizes != "none" else
-                                                   f"fits none of the GPU sizes {', '.join(map(str, GPUS))} GiB)"))
+    lines.append(f"peak: {gib(pred.peak)} GiB; with the margin (+{RESERVE:.0%} allocator reserve, +{gib(CONTEXT)} GiB "
+                 f"CUDA context and workspaces) {gib(with_margin(pred.peak))} GiB: "
+                 + (f"fits one GPU of {sizes} GiB" if sizes != "none" else
+                    f"fits none of the GPU sizes {', '.join(map(str, GPUS))} GiB"))
     lines += [f"assumed: {n}" for n in pred.notes]
     return "\n".join(lines)

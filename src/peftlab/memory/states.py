@@ -11,7 +11,11 @@ from torch import nn
 
 from peftlab.config_utils import require
 
-PRECISIONS = ("bf16-mixed", "16-mixed", "32-true", "bf16-master")
+# bf16-master: DeepSpeed bf16 (bf16 weights and gradients, fp32 master and Adam); bf16-true: pure bf16, every tensor
+# bf16 including the trained ones and Adam's moments (an accounting option, to compare with baselines that train so
+# (LitGPT's bf16-true, HF peft's full fine-tuning); the trainer refuses it, docs/precision.md)
+PRECISIONS = ("bf16-mixed", "16-mixed", "32-true", "bf16-master", "bf16-true")
+HALF_MODEL = ("bf16-master", "bf16-true")  # precisions that hold every weight in bf16
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}  # Lightning's mixed precisions
 FP32 = 4  # bytes of an fp32 element (trained parameters, their gradients, Adam moments, gradient sums)
 GiB = 2**30
@@ -31,7 +35,9 @@ class MemorySetting:
     device: str = "cuda"  # where the run trains; decides the two defaults below
     offload: bool | None = None  # SMT's warm-up gradient sums in CPU memory; None: on an accelerator (official)
     foreach: bool | None = None  # AdamW's multi-tensor step; None: torch's default (on CUDA)
-    optimizer_offload: bool = False  # ZeRO-Offload: master copies and Adam moments in CPU memory, the step on the CPU
+    # optim.offload (peftlab.offload): phases that train every weight keep their fp32 masters, gradients and Adam
+    # moments in CPU memory, the weights in their load dtype on the device; None: the config's optim.offload
+    optimizer_offload: bool | None = None
 
     def __post_init__(self) -> None:
         for key in ("batch", "seq"):
@@ -43,6 +49,8 @@ class MemorySetting:
             self.offload = self.device != "cpu"
         if self.foreach is None:
             self.foreach = self.device == "cuda"
+        if self.optimizer_offload is None:
+            self.optimizer_offload = False
 
 
 @dataclass
@@ -51,19 +59,20 @@ class Split:
 
     trainable: int = 0  # trained parameters (elements), as the run record's params.trainable
     frozen_weights: int = 0  # frozen parameters in their load dtype + the backbone's buffers
-    trained_params: int = 0  # fp32 under the precision rule (the load dtype under bf16-master)
-    master_copies: int = 0  # fp32 copies of the trained weights (bf16-master only)
+    trained_params: int = 0  # fp32 under the precision rule (the load dtype under bf16-master and when offloaded)
+    master_copies: int = 0  # fp32 copies of the trained weights on the device (bf16-master only)
     gradients: int = 0  # of the trained parameters, in their dtype
-    optimizer_state: int = 0  # AdamW: two fp32 moments + a step count per trained tensor
+    optimizer_state: int = 0  # AdamW: two moments (fp32; bf16 under bf16-true) + a step count per trained tensor
     method_state: int = 0  # buffers the method adds + tensors it holds on the device
     activations: int = 0  # saved for backward at the end of the forward (see the module docstring)
     offloaded: int = 0  # held in CPU memory, not part of the device peak (SMT's sums; the optimizer when offloaded)
+    engine: str = "AdamW on the device"  # where the optimizer of this phase runs (peftlab.offload)
     moments: dict[str, int] = field(default_factory=dict)  # device bytes at each moment of a step (peak = max)
 
     def by_kind(self) -> dict[str, int]:
-        """Bytes per kind (every field but ``trainable`` and ``moments``)."""
+        """Bytes per kind (every field but ``trainable``, ``engine`` and ``moments``)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if f.name not in ("trainable", "moments")}
+                if f.name not in ("trainable", "engine", "moments")}
 
     def tensor_bytes(self) -> int:
         """What ``scripts/bench_methods.py`` measures: every kind of bytes above on the device, no workspace."""
