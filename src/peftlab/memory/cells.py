@@ -27,7 +27,7 @@ TRAIN_EXAMPLES: dict[str, tuple[int, bool]] = {  # task name → (examples, exac
     "rte": (2_490, True),  # nyu-mll/glue train splits
     "squad": (87_599, False), "squad_v2": (130_319, False),  # rajpurkar/squad, rajpurkar/squad_v2 train splits
 }
-VTAB_TRAIN = 1_000  # VTAB-1k: train800val200 (NOAH's protocol, conf/task_base/vtab.yaml)
+VTAB_TRAIN = 1_000  # VTAB-1k and its stand-in digits: train800val200 (NOAH's protocol, conf/task_base/vtab.yaml)
 
 
 @dataclass
@@ -74,7 +74,7 @@ def optimizer_steps(cfg: DictConfig) -> str:
     task = cfg.task
     if task.get("num_train"):
         examples, exact = int(task.num_train), True
-    elif task.get("family") == "vtab":
+    elif task.get("family") in ("vtab", "digits"):  # digits: the same train800val200 split
         examples, exact = VTAB_TRAIN, True
     elif task.name in TRAIN_EXAMPLES:
         examples, exact = TRAIN_EXAMPLES[task.name]
