@@ -128,6 +128,69 @@ def test_checkpointing_keeps_block_inputs_instead_of_activations() -> None:
     assert (a.frozen_weights, a.trained_params) == (b.frozen_weights, b.trained_params)
 
 
+def _spy_activations(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The :class:`Activations` each measurement of the next predictions returns, in order."""
+    seen: list[Any] = []
+    predict_module = sys.modules["peftlab.memory.predict"]
+    measure = predict_module.measure_activations
+    monkeypatch.setattr(predict_module, "measure_activations", lambda *a, **k: seen.append(measure(*a, **k))
+                        or seen[-1])
+    return seen
+
+
+def test_checkpointed_blocks_are_measured_as_their_recompute(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a model built with checkpointing runs each block inside torch.utils.checkpoint, whose own saved-tensor hooks hid
+    # the block's saved tensors (and autocast's weight copies) from the measurement; the block must be measured as its
+    # recompute runs it: for full FT (every input requires grad either way) exactly what it saves without
+    seen = _spy_activations(monkeypatch)
+    cfg = compose(["model=tiny_llama", "task=commonsense_synthetic", "method=full",
+                   "+model.gradient_checkpointing=true"])
+    for checkpointing in (False, True):
+        predict_config(cfg, MemorySetting(batch=2, seq=16, precision="bf16-mixed", grad_checkpointing=checkpointing))
+    plain, ckpt = seen
+    assert min(ckpt.per_block) > 0 and ckpt.per_block == plain.per_block
+    assert ckpt.weight_copies == plain.weight_copies > 0
+
+
+@pytest.mark.parametrize("method, overrides, checkpointing", [
+    ("lora", (), False), ("lisa", (), False), ("full", (), True),
+    ("smt", ("method.block_size=16", "method.budget_unit=blocks", "method.budget=13", "method.warmup_mode=grad_only"),
+     True)])
+def test_replayed_blocks_measure_what_running_every_block_measures(method: str, overrides: tuple[str, ...],
+                                                                   checkpointing: bool,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # 4 blocks: the first block of each kind runs, the others are replayed from its record (SMT's spread selection
+    # makes two kinds, LISA's active blocks another, LoRA's first block sees an input that needs no grad); every
+    # phase's prediction equals, to the byte, the one that runs every block
+    activations = sys.modules["peftlab.memory.activations"]
+    replays: list[int] = []
+    replay = activations.replay
+    monkeypatch.setattr(activations, "replay", lambda *a, **k: replays.append(1) or replay(*a, **k))
+    cfg = compose(["model=tiny_llama", "task=commonsense_synthetic", "model.config.num_hidden_layers=4",
+                   f"method={method}", *overrides])
+    setting = MemorySetting(batch=2, seq=16, precision="bf16-mixed", grad_checkpointing=checkpointing)
+    fast = predict_config(cfg, setting)
+    replayed = len(replays)
+    every = predict_config(cfg, setting, replay_blocks=False)
+    assert replayed >= 2 and len(replays) == replayed
+    assert {k: (s.by_kind(), s.moments) for k, s in fast.phases.items()} == \
+        {k: (s.by_kind(), s.moments) for k, s in every.phases.items()}
+
+
+def test_shira_built_without_drawing_its_support_predicts_what_the_drawn_support_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the memory model builds SHiRA with all-zero indices of the support's size instead of drawing the random support
+    # (minutes at 7B): every phase's prediction equals the one with the support drawn as a run draws it
+    cfg = compose(["model=tiny_llama", "task=commonsense_synthetic", "method=shira", "method.r=2"])
+    setting = MemorySetting(batch=2, seq=16, precision="bf16-mixed")
+    built = predict_config(cfg, setting)
+    monkeypatch.delitem(sys.modules["peftlab.memory.planners"].BUILDERS, "shira")
+    drawn = predict_config(cfg, setting)
+    assert built.phases["train"].trainable == 2 * 2 * 2 * (64 + 64)  # 2 layers × q, v × r·(d_in + d_out)
+    assert {k: (s.by_kind(), s.moments) for k, s in built.phases.items()} == \
+        {k: (s.by_kind(), s.moments) for k, s in drawn.phases.items()}
+
+
 def test_cli_for_the_tiny_models_and_its_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["model=tiny_vit", "task=digits", "method=lora", "method.targets=[qkv]", "--memory", "batch=4",
                  "grad_checkpointing=true"]) == 0

@@ -28,7 +28,8 @@ How each part is obtained (docs/memory.md):
   embeddings/head/loss outside the blocks), and autocast's bf16 copies of trained fp32 weights are told apart.
   Without gradient checkpointing the activations are every saved tensor. With it, a block keeps only its
   inputs, autocast's weight copies live until the forward ends, and one block's activations come back while it
-  is recomputed in backward.
+  is recomputed in backward (each block is measured as its recompute runs it). A block identical to one already
+  run in the same forward is replayed from that one's record (:mod:`peftlab.memory.replay`, exact).
 
 Peak: the largest of four moments of a step, with S = weights + optimizer state + method state on the device:
 end of forward (S + activations), start of backward (autocast copies freed; the loss backward holds two
@@ -36,7 +37,8 @@ more buffers the size of the largest tensor saved outside the blocks, the logits
 model), recompute of the largest block under checkpointing (S + block inputs + that block + all gradients), and
 the optimizer step (S + gradients + AdamW's multi-tensor workspace, one fp32 copy of the trained parameters for
 ``torch._foreach_sqrt``, torch's default on CUDA; the largest trained tensor with ``foreach=false``). Allocator
-caching, fragmentation, CUDA context and cuBLAS workspaces are not included.
+caching, fragmentation, CUDA context and cuBLAS workspaces are not included: the margin of
+:func:`peftlab.memory.report.with_margin` adds them, with its sources.
 
 Methods whose trained set depends on data (SMT's block selection, SPT's allocation) are predicted from the
 state of a real run when one is given (``state=``: what ``Method.method_state()`` returns), else under a

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,20 +13,16 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from peftlab.memory.replay import Record, block_signature, call_signature, is_weight_copy, record, replay, storage_key
 from peftlab.memory.states import Batch, LossFn, MemorySetting
 from peftlab.methods.lisa import transformer_blocks
-
-
-def _key(t: torch.Tensor) -> int:
-    """Identity of the storage behind ``t`` (a fake tensor's data pointer is 0, so not that)."""
-    return t.untyped_storage()._cdata
 
 
 def _fakeify(model: nn.Module, mode: FakeTensorMode) -> None:
     """Every parameter and buffer of ``model`` that is not yet fake (meta, or real: created by a planner's
     restructuring) replaced by a fake CPU tensor of the same shape and dtype; tied parameters stay tied."""
     cpu = torch.device("cpu")
-    done: dict[int, nn.Parameter] = {}
+    done: dict[int, torch.Tensor] = {}
 
     def fake(t: torch.Tensor) -> torch.Tensor:
         return FakeTensor(mode, t, cpu) if t.is_meta else mode.from_tensor(t)
@@ -33,8 +30,9 @@ def _fakeify(model: nn.Module, mode: FakeTensorMode) -> None:
     for module in model.modules():
         for name, p in module._parameters.items():
             if p is not None and not isinstance(p, FakeTensor):
-                if id(p) not in done:
-                    done[id(p)] = nn.Parameter(fake(p.detach()), requires_grad=p.requires_grad)
+                if id(p) not in done:  # nn.Parameter(t) of a tensor subclass, without its second (fake) detach
+                    done[id(p)] = fake(p.detach()).requires_grad_(p.requires_grad)
+                    done[id(p)]._is_param = True  # what makes it an nn.Parameter (torch/nn/parameter.py)
                 module._parameters[name] = done[id(p)]
         for name, b in module._buffers.items():
             if b is not None and not isinstance(b, FakeTensor):
@@ -85,41 +83,72 @@ class Activations:
     total: int  # every saved tensor once (no checkpointing)
 
 
-class _EverythingSelected(TorchDispatchMode):
-    """``nonzero`` on fake tensors has no known output size; answer as if every element were selected (exact for
-    the filters models run on a training batch, e.g. DeBERTa's ``(labels >= 0).nonzero()``)."""
+class _Tracer(TorchDispatchMode):
+    """``nonzero`` on fake tensors has no known output size: answered as if every element were selected (exact for
+    the filters models run on a training batch, e.g. DeBERTa's ``(labels >= 0).nonzero()``). While ``created`` is a
+    set, the storages the ops allocate (outputs that alias no input) are added to it, and kept alive in ``held``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.created: set[int] | None = None
+        self.held: list[torch.Tensor] = []
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
         if func is torch.ops.aten.nonzero.default:
             return torch.empty(args[0].numel(), args[0].dim(), dtype=torch.long)
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if self.created is not None:
+            inputs = {storage_key(p) for t in torch.utils._pytree.tree_leaves((args, kwargs))
+                      if isinstance(t, torch.Tensor) for p in _parts(t)}
+            for t in torch.utils._pytree.tree_leaves(out):
+                for part in _parts(t) if isinstance(t, torch.Tensor) else ():
+                    if storage_key(part) not in inputs:
+                        self.created.add(storage_key(part))
+                        self.held.append(part)
+        return out
 
 
-def _is_weight_copy(t: torch.Tensor) -> bool:
-    """Whether ``t`` is (a view of) a cast of a leaf that requires grad: autocast's cached bf16 copy of an fp32
-    weight (a linear layer saves its transpose)."""
-    fn = (t._base if t._base is not None else t).grad_fn
-    return (fn is not None and type(fn).__name__ == "ToCopyBackward0"
-            and hasattr(fn.next_functions[0][0], "variable"))
+def _parts(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors holding ``t``'s data: itself, or a sparse COO tensor's indices and values (SHiRA's delta)."""
+    return (t._indices(), t._values()) if t.layout == torch.sparse_coo else (t,)
+
+
+def _direct(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """transformers' checkpoint function replaced while measuring: the block runs as its recompute in backward does
+    (with the keyword arguments gradient checkpointing sets), and every tensor it saves is seen."""
+    return function(*args, **kwargs)
+
+
+def _tied(model: nn.Module, blocks: nn.Module) -> set[int]:
+    """Indices of the blocks holding a parameter that another module holds too (never replayed)."""
+    counts = collections.Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    tied = set()
+    for i, block in enumerate(blocks):
+        own = collections.Counter(id(p) for _, p in block.named_parameters(remove_duplicate=False))
+        if any(counts[k] > n for k, n in own.items()):
+            tied.add(i)
+    return tied
 
 
 def measure_activations(model: nn.Module, batch: Batch, loss_fn: LossFn, autocast: torch.dtype | None,
-                        mode: FakeTensorMode) -> Activations:
-    """Run the training forward of ``model`` (fake tensors) once and account for what it saves for backward."""
+                        mode: FakeTensorMode, replay_blocks: bool = True) -> Activations:
+    """Run the training forward of ``model`` (fake tensors) once and account for what it saves for backward;
+    ``replay_blocks``: a block identical to one already run is replayed from its record (:mod:`.replay`, exact)."""
     _, blocks = transformer_blocks(model, None)
-    exclude = {_key(t) for t in itertools.chain(model.parameters(), model.buffers())}
-    saved: dict[int, tuple[int, int | None, bool]] = {}  # storage → (bytes, block or None, weight copy)
+    exclude = {storage_key(t) for t in itertools.chain(model.parameters(), model.buffers())}
+    # storage (or a replayed block's ("replay", block, n)) → (bytes, block or None, weight copy)
+    saved: dict[Hashable, tuple[int, int | None, bool]] = {}
     inputs: dict[int, int] = {}
     # every counted tensor stays referenced until the forward ends: a storage freed earlier (a block input nothing
-    # saves, a saved tensor of a discarded branch) could hand its identity (``_key``) to a later saved tensor, which
-    # would then be skipped (the count varied from run to run)
+    # saves, a saved tensor of a discarded branch) could hand its identity (``storage_key``) to a later saved tensor,
+    # which would then be skipped (the count varied from run to run)
     held: list[torch.Tensor] = []
     where: list[int | None] = [None]
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        copy_ = _is_weight_copy(t)
-        for part in (t._indices(), t._values()) if t.layout == torch.sparse_coo else (t,):  # SHiRA's sparse delta
-            key = _key(part)
+        copy_ = is_weight_copy(t)
+        for part in _parts(t):
+            key = storage_key(part)
             if key not in exclude and key not in saved:
                 saved[key] = (part.untyped_storage().nbytes(), where[0], copy_)
                 held.append(part)
@@ -129,23 +158,59 @@ def measure_activations(model: nn.Module, batch: Batch, loss_fn: LossFn, autocas
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             where[0] = i
             for t in torch.utils._pytree.tree_leaves((args, kwargs)):
-                if isinstance(t, torch.Tensor) and _key(t) not in exclude:
-                    inputs[_key(t)] = t.untyped_storage().nbytes()
+                if isinstance(t, torch.Tensor) and storage_key(t) not in exclude:
+                    inputs[storage_key(t)] = t.untyped_storage().nbytes()
                     held.append(t)
         return hook
 
     def leave(*_: Any) -> None:
         where[0] = None
 
+    tracer = _Tracer()
+    records: dict[Hashable, Record | None] = {}
+
+    def replayed(i: int, block: nn.Module, signature: Hashable) -> Callable[..., Any]:
+        forward = block.forward
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            key = (signature, call_signature(args, kwargs))
+            if records.get(key) is not None:
+                def credit(nbytes: int, copy_: bool) -> None:
+                    saved[("replay", i, len(saved))] = (nbytes, i, copy_)
+                return replay(records[key], args, kwargs, pack, credit)
+            if key in records:  # a kind that cannot be replayed
+                return forward(*args, **kwargs)
+            first, tracer.created = len(saved), set()
+            try:
+                result = forward(*args, **kwargs)
+                new = [(k, n, c) for k, (n, _, c) in itertools.islice(saved.items(), first, None)]
+                records[key] = record(result, args, kwargs, new, tracer.created)
+            finally:
+                tracer.created, tracer.held = None, []
+            return result
+        return call
+
+    checkpointing = {m: m.__dict__["_gradient_checkpointing_func"] for m in model.modules()
+                     if "_gradient_checkpointing_func" in m.__dict__}
+    for m in checkpointing:
+        m._gradient_checkpointing_func = _direct
+    tied = _tied(model, blocks) if replay_blocks else set(range(len(blocks)))
+    for i, b in enumerate(blocks):  # signatures before any hook or wrapper of the measurement is added
+        if i not in tied:
+            b.forward = replayed(i, b, block_signature(b))
     handles = [h for i, b in enumerate(blocks) for h in (b.register_forward_pre_hook(enter(i), with_kwargs=True),
                                                          b.register_forward_hook(leave))]
     try:
-        with mode, _EverythingSelected(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+        with mode, tracer, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
                 torch.autocast("cpu", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
             loss_fn(model, batch)
     finally:
         for h in handles:
             h.remove()
+        for b in blocks:
+            b.__dict__.pop("forward", None)
+        for m, fn in checkpointing.items():
+            m._gradient_checkpointing_func = fn
     per_block = [sum(n for k, (n, b, _) in saved.items() if b == i and k not in inputs) for i in range(len(blocks))]
     outside = [n for k, (n, b, _) in saved.items() if b is None and k not in inputs]
     return Activations(per_block=per_block, outside=sum(outside), largest_outside=max(outside, default=0),

@@ -13,6 +13,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from peftlab.config_utils import require
 from peftlab.memory.states import FP32, MemorySetting
 from peftlab.methods.base import Method
+from peftlab.models import ModelSpec
 
 
 @dataclass
@@ -37,6 +38,20 @@ def planner(name: str) -> Callable[[Planner], Planner]:
     return register
 
 
+Builder = Callable[[Method, nn.Module, ModelSpec], nn.Module]
+# methods whose ``apply`` does real work that only reaches memory through a size: the memory model builds their model
+# with the builder registered here instead of ``method.apply`` (the result has the same tensors: shapes, dtypes)
+BUILDERS: dict[str, Builder] = {}
+
+
+def builder(name: str) -> Callable[[Builder], Builder]:
+    def register(fn: Builder) -> Builder:
+        BUILDERS[name] = fn
+        return fn
+
+    return register
+
+
 def _numel(tensors: Iterable[torch.Tensor]) -> int:
     return sum(t.numel() for t in tensors)
 
@@ -56,6 +71,31 @@ def spread_selection(pools: dict[str, dict[str, nn.Linear]], budgets: dict[str, 
             if n:
                 selection[name] = [(j // cols % rows) * cols + j % cols for j in range(n)]
     return selection
+
+
+@builder("shira")
+def _shira_support(method: Any, model: nn.Module, spec: ModelSpec) -> nn.Module:
+    """SHiRA's random support (:func:`peftlab.methods.shira.independent_random_masks`) is drawn for real: a permutation
+    of every target matrix and peft's ``torch.where`` over the dense mask, minutes at LLaMA-7B on a CPU. Only its
+    size reaches memory (r·(d_in + d_out) trained values and their int32 (row, col) indices per matrix) and no fake
+    op reads the indices' values, so the model is built without drawing one (peft's ``mask_fn=None``) and each layer
+    gets indices of that size and dtype, all zero."""
+    from peft.tuners.shira import ShiraLayer
+
+    build = method.peft_config
+
+    def without_support(*args: Any) -> Any:
+        config = build(*args)
+        config.mask_fn = None
+        return config
+
+    method.peft_config = without_support  # this prediction's method object only
+    model = method.apply(model, spec)
+    for layer in model.modules():
+        if isinstance(layer, ShiraLayer):
+            for adapter, weight in layer.shira_weight.items():
+                layer.shira_indices[adapter] = torch.zeros(2, weight.numel(), dtype=torch.int, device="cpu")
+    return model
 
 
 @planner("smt")

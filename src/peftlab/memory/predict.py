@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from peftlab.architecture import meta_backbone
 from peftlab.config_utils import require, to_dict
 from peftlab.memory.activations import Activations, _fakeify, _set_dtypes, example_batch, measure_activations
-from peftlab.memory.planners import PLANNERS, Phase, _default_phases, _numel
+from peftlab.memory.planners import BUILDERS, PLANNERS, Phase, _default_phases, _numel
 from peftlab.memory.states import AUTOCAST, FP32, HALF_MODEL, Batch, LossFn, MemorySetting, Prediction, Split
 from peftlab.methods import build_method
 from peftlab.models import ModelSpec
@@ -67,18 +67,23 @@ def _split(model: nn.Module, phase: Phase, probed: set[int], setting: MemorySett
 
 def predict(spec: ModelSpec, method_node: DictConfig | dict[str, Any], head: str, num_labels: int | None,
             setting: MemorySetting, loss_fn: LossFn, make_batch: Callable[[nn.Module], Batch] | None = None,
-            state: dict[str, Any] | None = None) -> Prediction:
+            state: dict[str, Any] | None = None, replay_blocks: bool = True) -> Prediction:
     """Predicted training memory of ``spec`` with the method of ``method_node`` and the task head ``head``.
 
     ``loss_fn(model, batch)`` is the training loss (a task's ``loss``); ``make_batch(model)`` builds the batch
     (default :func:`example_batch`); ``state`` is a run's ``Method.method_state()`` to predict that run's
-    structure (SMT's selected blocks, SPT's plan) instead of the planner's assumption.
+    structure (SMT's selected blocks, SPT's plan) instead of the planner's assumption. ``replay_blocks=False`` runs
+    every block instead of replaying identical ones (:mod:`peftlab.memory.replay`; the same numbers, slower).
     """
-    base = meta_backbone(spec, head, num_labels)
+    # the backbone as the run builds it with the setting's checkpointing (transformers then drops the KV cache and
+    # makes the embeddings' output require grad); the measurement runs each block as its recompute does
+    base = meta_backbone(dataclasses.replace(spec, gradient_checkpointing=setting.grad_checkpointing), head,
+                         num_labels)
     backbone_buffers = sum(b.numel() * b.itemsize for b in base.buffers())
     method = build_method(to_dict(method_node) if isinstance(method_node, DictConfig) else dict(method_node))
     with torch.device("meta"):
-        model = method.apply(copy.deepcopy(base), spec).train()  # training mode, as the Lightning module sets it
+        build = BUILDERS.get(method.name)
+        model = (build(method, base, spec) if build else method.apply(base, spec)).train()  # as the module sets it
     mode = FakeTensorMode(allow_non_fake_inputs=True)
     _fakeify(model, mode)
     with mode:
@@ -93,7 +98,8 @@ def predict(spec: ModelSpec, method_node: DictConfig | dict[str, Any], head: str
         params = {id(p): p for p in model.parameters()}
         load.update({i: p.dtype for i, p in params.items() if i not in load})
         # what the method probes in this phase (SMT's grad_only warm-up, SPT's sensitivity pass), as a run asks it
-        probed = {id(p) for n, p in model.named_parameters() if n in method.probed_parameters(model)}
+        probed_names = method.probed_parameters(model)
+        probed = {id(p) for n, p in model.named_parameters() if n in probed_names}
         trained = {i for i, p in params.items() if p.requires_grad and i not in probed}
         # peftlab.offload: the phases that train every weight; their weights keep the load dtype on the device
         offloaded = bool(setting.optimizer_offload) and len(trained) == len(params)
@@ -103,7 +109,7 @@ def predict(spec: ModelSpec, method_node: DictConfig | dict[str, Any], head: str
             _set_dtypes(model, load, mode)
         else:  # the precision rule: trained tensors fp32, frozen ones in their load dtype
             _set_dtypes(model, {i: torch.float32 if i in trained else load[i] for i in params}, mode)
-        acts = measure_activations(model, batch, loss_fn, AUTOCAST.get(setting.precision), mode)
+        acts = measure_activations(model, batch, loss_fn, AUTOCAST.get(setting.precision), mode, replay_blocks)
         phases[phase.key] = _split(model, phase, probed, setting, acts, backbone_buffers, offloaded)
         labels[phase.key] = phase.label
         _set_dtypes(model, load, mode)  # load dtypes again before the next phase restructures the model
@@ -114,7 +120,7 @@ def predict(spec: ModelSpec, method_node: DictConfig | dict[str, Any], head: str
     return Prediction(phases, labels, inputs, notes)
 
 
-def predict_config(cfg: DictConfig, setting: MemorySetting) -> Prediction:
+def predict_config(cfg: DictConfig, setting: MemorySetting, replay_blocks: bool = True) -> Prediction:
     """:func:`predict` for a composed project config (model × method × task), with the task's own loss."""
     spec, _, task = validate_config(cfg)
-    return predict(spec, cfg.method, task.head, task.num_labels, setting, task.loss)
+    return predict(spec, cfg.method, task.head, task.num_labels, setting, task.loss, replay_blocks=replay_blocks)
