@@ -73,12 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(rp.experiment_names()))
         return 0
     try:
-        plan = rp.resolve_keys(rp.plan(args.table, args.mini, args.seeds, args.methods, args.tasks))
+        plan = rp.plan(args.table, args.mini, args.seeds, args.methods, args.tasks)
     except ConfigError as err:
         print(f"ConfigError: {err}", file=sys.stderr)
         return 2
     if args.plan or args.gpu_mem is not None:
-        cells = rp.memory_plan(plan)
+        cells = rp.memory_plan(plan, extra=args.extra)
         if args.plan:
             print("\n".join(c.describe() for c in cells))
         # --plan alone: a cell that fits none of the GPU sizes (or fails before training) is refused as well
@@ -88,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.plan:
             return 0
+    try:
+        plan = rp.resolve_keys(plan)
+    except ConfigError as err:
+        print(f"ConfigError: {err}", file=sys.stderr)
+        return 2
     runs_dir = args.runs_dir or (rp.MINI_RUNS_DIR if args.mini else rp.RUNS_DIR)
     for m in plan.skipped_methods:
         print(f"[reproduce] method entry '{m}' skipped: its conf/method/ file does not exist yet")

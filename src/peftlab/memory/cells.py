@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
 
 from omegaconf import DictConfig
 
@@ -28,6 +27,10 @@ TRAIN_EXAMPLES: dict[str, tuple[int, bool]] = {  # task name → (examples, exac
     "squad": (87_599, False), "squad_v2": (130_319, False),  # rajpurkar/squad, rajpurkar/squad_v2 train splits
 }
 VTAB_TRAIN = 1_000  # VTAB-1k and its stand-in digits: train800val200 (NOAH's protocol, conf/task_base/vtab.yaml)
+# every prediction made in this process, by what it is computed from: the model node, the method node, the task (by
+# name: its head, labels and loss) and the memory setting (batch × seq, precision, checkpointing, device, offloads,
+# AdamW's foreach); cells of any table with an equal key share one prediction (seeds, other tables' equal rows)
+PREDICTIONS: dict[tuple[str, str, str, str], Prediction] = {}
 
 
 @dataclass
@@ -41,6 +44,7 @@ class CellPlan:
     prediction: Prediction | None = None
     error: str | None = None  # the cell's config fails before training (the message a run would print)
     needed: dict[str, float] = field(default_factory=dict)  # phase label → bytes per GPU with the margin
+    note: str | None = None  # what the per-GPU figures leave out for this trainer (:func:`layout_note`)
 
     @property
     def peak(self) -> float:
@@ -55,7 +59,8 @@ class CellPlan:
                                                                      else "") + ")"
             for label, s in ((self.prediction.labels[k], s) for k, s in self.prediction.phases.items()))
         return (f"{self.cell} (seeds {','.join(map(str, self.seeds))}): {self.gpus}; per GPU with the margin: "
-                f"{phases}; fits one GPU of: {fits(int(self.prediction.peak))} GiB; {self.steps} optimizer steps")
+                f"{phases}; fits one GPU of: {fits(int(self.prediction.peak))} GiB; {self.steps} optimizer steps"
+                + (f" ({self.note})" if self.note else ""))
 
 
 def gpus(cfg: DictConfig) -> str:
@@ -64,9 +69,23 @@ def gpus(cfg: DictConfig) -> str:
     strategy = t.get("strategy", "auto")
     name = strategy if isinstance(strategy, str) else str(strategy.get("_target_", "")).rsplit(".", 1)[-1]
     devices, nodes = t.get("devices", 1), t.get("num_nodes", 1)
-    kind = "GPU" if t.get("accelerator") in ("gpu", "cuda") else "CPU process"
-    count = "every GPU of the node" if devices == -1 else f"{devices} {kind}{'s' if devices != 1 else ''}"
+    kind = ("GPU", "GPUs") if t.get("accelerator") in ("gpu", "cuda") else ("CPU process", "CPU processes")
+    count = "every GPU of the node" if devices == -1 else f"{devices} {kind[devices != 1]}"
     return f"{count}{f' × {nodes} nodes' if nodes != 1 else ''} (trainer.strategy={name})"
+
+
+def layout_note(cfg: DictConfig) -> str | None:
+    """What the predicted per-GPU figures leave out when the trainer starts several processes; None for one."""
+    t = cfg.trainer
+    strategy = t.get("strategy", "auto")
+    name = (strategy if isinstance(strategy, str) else str(strategy.get("_target_", ""))).lower()
+    if "fsdp" in name:
+        return ("FSDP's sharded layout is not predicted: the figures are one process holding the whole model, "
+                "more than FULL_SHARD keeps per GPU on 2+ GPUs for weights, gradients and optimizer state; its "
+                "all-gather and reduce-scatter buffers are not counted")
+    if t.get("devices", 1) != 1 or t.get("num_nodes", 1) != 1:
+        return "DDP: every GPU holds this; its gradient buckets (up to one more copy of the gradients) not counted"
+    return None
 
 
 def optimizer_steps(cfg: DictConfig) -> str:
@@ -90,16 +109,16 @@ def optimizer_steps(cfg: DictConfig) -> str:
     return f"{'' if exact else '~'}{steps:,}" + ("" if world > 1 or t.devices != -1 else " (per process count)")
 
 
-def plan_cell(cell: str, seeds: list[int], cfg: DictConfig, cache: dict[Any, Prediction]) -> CellPlan:
-    """The plan of one cell from its composed config; predictions are shared by cells of the same memory settings."""
-    out = CellPlan(cell, seeds, gpus(cfg), optimizer_steps(cfg))
+def plan_cell(cell: str, seeds: list[int], cfg: DictConfig) -> CellPlan:
+    """The plan of one cell from its composed config; the prediction is computed once per :data:`PREDICTIONS` key."""
+    out = CellPlan(cell, seeds, gpus(cfg), optimizer_steps(cfg), note=layout_note(cfg))
     device = "cpu" if cfg.trainer.get("accelerator") == "cpu" else "cuda"
     try:
         setting = memory_setting(cfg, {"precision": str(cfg.trainer.precision), "device": device})
         key = (str(cfg.model), str(cfg.method), str(cfg.task.get("name")), repr(setting))
-        if key not in cache:
-            cache[key] = predict_config(cfg, setting)
-        out.prediction = cache[key]
+        if key not in PREDICTIONS:
+            PREDICTIONS[key] = predict_config(cfg, setting)
+        out.prediction = PREDICTIONS[key]
     except PeftlabError as err:
         out.error = str(err)
         return out
