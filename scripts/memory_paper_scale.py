@@ -1,7 +1,7 @@
 """Predicted training memory at the papers' scale (no GPU needed): ``results/bench/memory_paper_scale.md``.
 
 Usage:
-    python scripts/memory_paper_scale.py                      # the three protocols below (~20 min on one CPU core)
+    python scripts/memory_paper_scale.py                      # the three protocols below (a few minutes on a CPU)
     python scripts/memory_paper_scale.py --models llama_7b --out /tmp/mem
 
 Every row is :func:`peftlab.memory.predict_config` (docs/memory.md) for one row of a paper table, with the
@@ -16,7 +16,8 @@ cited settings) plus full fine-tuning, CapaBoost and SMT's ``grad_only`` warm-up
   batch 32 × 512, adapter rows 64 × 256, fp16 autocast, no checkpointing).
 
 Ratios are to full fine-tuning's and LoRA's peaks in the same table; "fits" lists the GPU sizes (GiB) whose
-memory holds the predicted peak of allocated tensors (the CUDA context, ~0.5 GiB, and allocator slack are extra).
+memory holds the predicted peak of allocated tensors with the margin of docs/memory.md
+(:func:`peftlab.memory.report.with_margin`: cuBLAS workspaces, the allocator's reserve, the CUDA context).
 """
 
 from __future__ import annotations
@@ -179,15 +180,15 @@ def main() -> None:
             "model's prediction (`python -m peftlab.budget ... --memory`, docs/memory.md): tensor bytes on one "
             "device, by kind, for each phase; peak = the largest moment of a training step. Precision rule "
             "(`bf16-mixed`, `16-mixed`): frozen weights in the load dtype (LLaMA bf16, DeBERTa fp32), trained "
-            "tensors fp32, AdamW fp32, no master copy. `fits` includes the margin of docs/memory.md (+10% allocator "
-            "reserve, +2 GiB CUDA context). `full FT, DeepSpeed bf16` = the official SMT code's layout "
-            "(HectorHHZ/Sparse_Matrix_Tuning `deepspeed/fine_tune.py`, ZeRO `bf16`, one GPU): bf16 weights and "
-            "gradients + fp32 master + fp32 Adam, all on the GPU (no offload). `optim.offload` (peftlab.offload, "
-            "what the official full-FT config `peft/configs/fft_deepspeed_config.json`'s `offload_optimizer: cpu` "
-            "does): the weights in their load dtype on the GPU with one gradient at a time, the fp32 masters, "
-            "gradients and Adam in CPU memory (column CPU GiB); the `smt` rows' warm-up runs so (cited). SMT rows "
-            "without a run's selection assume its blocks spread over all q, k, v "
-            "matrices (the worst case for activations)."
+            "tensors fp32, AdamW fp32, no master copy. `fits` includes the margin of docs/memory.md (+64 MiB cuBLAS "
+            "workspaces, +10% allocator reserve, +1 GiB CUDA context). `full FT, DeepSpeed bf16` = the official SMT "
+            "code's layout (HectorHHZ/Sparse_Matrix_Tuning `deepspeed/fine_tune.py`, ZeRO `bf16`, one GPU): bf16 "
+            "weights and gradients + fp32 master + fp32 Adam, all on the GPU (no offload). `optim.offload` "
+            "(peftlab.offload, what the official full-FT config `peft/configs/fft_deepspeed_config.json`'s "
+            "`offload_optimizer: cpu` does): the weights in their load dtype on the GPU with one gradient at a time, "
+            "the fp32 masters, gradients and Adam in CPU memory (column CPU GiB); the `smt` rows' warm-up runs so "
+            "(cited). SMT rows without a run's selection assume its blocks spread over all q, k, v matrices (the "
+            "worst case for activations)."
             f"\n\n" + "\n\n".join(parts) + "\n")
     tmp = out / "memory_paper_scale.md.tmp"
     tmp.write_text(text)

@@ -20,13 +20,25 @@ KINDS = {"frozen_weights": "frozen weights", "trained_params": "trained params",
          "gradients": "gradients", "optimizer_state": "optimizer state (AdamW)", "method_state": "method state",
          "activations": "activations (end of forward)", "offloaded": "in CPU memory"}
 GPUS = (24, 40, 80)  # GiB sizes of common GPUs
-# What a real GPU needs beyond the predicted peak of allocated tensors (docs/memory.md "Fits"): the caching allocator
-# holds more than it hands out (reserved > allocated: block rounding, fragmentation), and the CUDA context, cuBLAS/
-# cuDNN workspaces and the gap between a card's nominal and usable size are outside PyTorch's count. Stated
-# assumptions, checked by scripts/device_check_offload.py (max_memory_reserved vs max_memory_allocated, and the
-# device memory in use outside PyTorch).
+# What a real GPU needs beyond the predicted peak of allocated tensors (docs/memory.md "Fits: the margin"):
+# - CONTEXT, 1 GiB, device memory outside PyTorch's allocator: the CUDA context with its loaded kernels and library
+#   handles. At initialisation with lazy module loading (CUDA >= 11.7, PyTorch's default) it is ~300-430 MiB
+#   (PyTorch maintainers: pytorch/pytorch#107667 "~300MB", #109888 "around 400MB"; 426 MiB measured with torch
+#   2.10/cu130 on an RTX 6000 Ada in unslothai/unsloth-zoo#1053); kernels load as a run first calls them (eager
+#   loading of all of them took ">1000MB", #107667), so 1 GiB leaves ~0.6 GiB for them: an assumption on top of the
+#   sources, which scripts/device_check_offload.py measures (context at start and memory outside PyTorch at the end).
+# - WORKSPACES, 64 MiB, inside torch.cuda.max_memory_allocated but not predicted: the cuBLAS workspace, 32 MiB on
+#   Hopper (CUBLAS_WORKSPACE_CONFIG default :4096:8; :4096:2:16:8 = 8 MiB before: PyTorch docs
+#   cuda_environment_variables.rst, test/test_cuda.py test_cublas_workspace_explicit_allocation) and cuBLASLt's,
+#   32 MiB on Hopper (4 MiB on Ampere >= 24 GiB: pytorch/pytorch#120925, CUDABlas.cpp _parseChosenWorkspaceSize).
+# - RESERVE, 10% of the peak, the caching allocator's reserve above allocation (max_memory_reserved over
+#   max_memory_allocated): requests rounded up (to 512 B; above 10 MiB to 2 MiB), small ones packed into 2 MiB and
+#   20 MiB segments (c10/cuda/CUDACachingAllocator.cpp kRoundLarge, kLargeBuffer), and fragmentation, which depends
+#   on the allocation pattern (PyTorch "CUDA memory management"; PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+#   reduces it): no published ratio holds for every run, so 10% is an assumption the device check measures.
 RESERVE = 0.10
-CONTEXT = 2 * GiB
+CONTEXT = GiB
+WORKSPACES = 64 * 2**20
 
 
 def split_overrides(overrides: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -108,9 +120,10 @@ def gib(n: int | float) -> str:
 
 
 def with_margin(peak: int) -> float:
-    """The device memory a predicted peak of allocated tensors needs: + :data:`RESERVE` for the caching allocator's
-    reserve above allocation and + :data:`CONTEXT` for the CUDA context and library workspaces (docs/memory.md)."""
-    return peak * (1 + RESERVE) + CONTEXT
+    """The device memory a predicted peak of allocated tensors needs: the peak with the cuBLAS workspaces
+    (:data:`WORKSPACES`), + :data:`RESERVE` of it for the caching allocator's reserve above allocation, + the CUDA
+    context (:data:`CONTEXT`); the sources are in the comment above the constants and docs/memory.md."""
+    return (peak + WORKSPACES) * (1 + RESERVE) + CONTEXT
 
 
 def fitting_sizes(peak: int) -> list[int]:
@@ -138,8 +151,9 @@ def describe(cfg: DictConfig, setting: MemorySetting, pred: Prediction) -> str:
         lines.append(f"peak of {pred.labels[p]}: {gib(s.peak)} GiB at the {moment}; optimizer: {s.engine}"
                      + (f"; + {gib(s.offloaded)} GiB in CPU memory" if s.offloaded else ""))
     sizes = fits(pred.peak)
-    lines.append(f"peak: {gib(pred.peak)} GiB; with the margin (+{RESERVE:.0%} allocator reserve, +{gib(CONTEXT)} GiB "
-                 f"CUDA context and workspaces) {gib(with_margin(pred.peak))} GiB: "
+    lines.append(f"peak: {gib(pred.peak)} GiB; with the margin (+{gib(WORKSPACES)} GiB cuBLAS workspaces, "
+                 f"+{RESERVE:.0%} allocator reserve, +{gib(CONTEXT)} GiB CUDA context) "
+                 f"{gib(with_margin(pred.peak))} GiB: "
                  + (f"fits one GPU of {sizes} GiB" if sizes != "none" else
                     f"fits none of the GPU sizes {', '.join(map(str, GPUS))} GiB"))
     lines += [f"assumed: {n}" for n in pred.notes]
