@@ -205,5 +205,6 @@ if [ "${MEMORY_CHECK:-1}" = 1 ]; then
   fi
 fi
 
+check_cmd offload_smt "$PY" scripts/device_check_offload.py $([ "${DEVICE_CHECK_CPU:-0}" = 1 ] && echo --dry-run)  # SMT offloaded warm-up, switch, blocks: peak per phase vs prediction (docs/memory.md)
 echo "[device_check] summary: $OUT/summary.tsv"
 exit $FAILED

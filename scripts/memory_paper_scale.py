@@ -1,7 +1,7 @@
 """Predicted training memory at the papers' scale (no GPU needed): ``results/bench/memory_paper_scale.md``.
 
 Usage:
-    python scripts/memory_paper_scale.py                      # the three protocols below (~20 min on one CPU core)
+    python scripts/memory_paper_scale.py                      # the three protocols below (a few minutes on a CPU)
     python scripts/memory_paper_scale.py --models llama_7b --out /tmp/mem
 
 Every row is :func:`peftlab.memory.predict_config` (docs/memory.md) for one row of a paper table, with the
@@ -16,7 +16,8 @@ cited settings) plus full fine-tuning, CapaBoost and SMT's ``grad_only`` warm-up
   batch 32 × 512, adapter rows 64 × 256, fp16 autocast, no checkpointing).
 
 Ratios are to full fine-tuning's and LoRA's peaks in the same table; "fits" lists the GPU sizes (GiB) whose
-memory holds the predicted peak of allocated tensors (the CUDA context, ~0.5 GiB, and allocator slack are extra).
+memory holds the predicted peak of allocated tensors with the margin of docs/memory.md
+(:func:`peftlab.memory.report.with_margin`: cuBLAS workspaces, the allocator's reserve, the CUDA context).
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def protocols() -> list[Protocol]:
     base = harness(paper["lora"])
     deepspeed = [*base, "method=full", "precision=bf16-master"]
     llama = {"full FT": [*base, "method=full"], "full FT, DeepSpeed bf16": deepspeed,
-             "full FT, DeepSpeed bf16 + CPU optimizer": [*deepspeed, "optimizer_offload=true"],
-             **paper, WARMUP_ONLY: [*paper["smt"], "method.warmup_mode=grad_only"],
+             "full FT, optim.offload": [*base, "method=full", "optim.offload=true"],
+             **paper, WARMUP_ONLY: [*paper["smt"], "method.warmup_mode=grad_only", "optim.offload=false"],
              "capaboost_lora": [*paper["lora"], *CAPABOOST_LLAMA]}
     peers = points("sparse_peers", "commonsense", ["shira", "supertuning", "spiel", "spt_lora", "s2ft", "lisa", "ssf"])
     glue = points("capaboost_glue", "rte")
@@ -100,18 +101,19 @@ def section(p: Protocol, rows: list[dict[str, Any]]) -> str:
     lora = next(r for r in rows if r["label"] == "lora")["peak"]
     lines = [f"## {p.title} (`experiment={p.table}`), gradient checkpointing {'on' if p.checkpointing else 'off'}",
              "", "GiB on one device by kind, for each phase of the row:", "",
-             "| row | batch × seq | precision | trainable | phase | frozen | trained | master | grads | AdamW "
-             "| method (device) | activations | peak GiB | × full FT | × LoRA | fits (GiB) | CPU GiB |",
-             "|" + "---|" * 17]
+             "| row | batch × seq | precision | trainable | phase | optimizer | frozen | trained | master | grads "
+             "| AdamW | method (device) | activations | peak GiB | × full FT | × LoRA | fits (GiB) | CPU GiB |",
+             "|" + "---|" * 18]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['label']} | | | | fails before training: {r['error']} |" + " |" * 12)
+            lines.append(f"| {r['label']} | | | | fails before training: {r['error']} |" + " |" * 13)
             continue
         for phase, s in r["phases"].items():
             if r["label"] == WARMUP_ONLY and phase == "block training":
                 continue
-            g = {k: f"{v / GiB:.2f}" for k, v in s.items() if k not in ("peak", "moments")}
+            g = {k: f"{v / GiB:.2f}" for k, v in s.items() if k not in ("peak", "moments", "engine")}
             lines.append(f"| {r['label']} | {r['shape']} | {r['precision']} | {r['trainable']:,} | {phase} | "
+                         f"{s['engine']} | "
                          f"{g['frozen_weights']} | "
                          f"{g['trained_params']} | {g['master_copies']} | {g['gradients']} | {g['optimizer_state']} | "
                          f"{g['method_state']} | {g['activations']} | **{s['peak'] / GiB:.2f}** | "
@@ -132,8 +134,12 @@ def verdicts(p: Protocol, rows: list[dict[str, Any]]) -> list[str]:
             f"{ok[blocks <= 0.40 * full]}; the SMT paper's −67% is {SMT_CLAIM:.2f}×) and **{blocks / lora:.4f}× LoRA "
             f"r=32** (target ≤ 1.0: {ok[blocks <= lora]}); LoRA {lora / GiB:.2f} GiB, full FT {full / GiB:.2f} GiB.",
             f"- SMT warm-up in `grad_only` mode: {warm / GiB:.2f} GiB = **{warm / full:.3f}× full FT** (target ≤ 0.6: "
-            f"{ok[warm <= 0.6 * full]}); the official warm-up (`full`) is full fine-tuning: "
-            f"{smt['warm-up (full)']['peak'] / full:.3f}× (+ its fp32 gradient sums, offloaded to CPU memory)."]
+            f"{ok[warm <= 0.6 * full]}); the official warm-up (`full` = full fine-tuning, its optimizer in CPU memory "
+            f"as the official code's ZeRO-Offload: `optim.offload=true`): "
+            f"{smt['warm-up (full)']['peak'] / GiB:.2f} GiB = {smt['warm-up (full)']['peak'] / full:.3f}× full FT "
+            "on the device, + "
+            f"{smt['warm-up (full)']['offloaded'] / GiB:.2f} GiB in CPU memory (fp32 masters, gradients, Adam and "
+            "the gradient sums)."]
 
 
 def main() -> None:
@@ -154,7 +160,7 @@ def main() -> None:
                 rows.append({"label": label, "overrides": overrides, "error": str(err), "notes": []})
                 print(f"{p.model} {label}: {err}", flush=True)
                 continue
-            phases = {pred.labels[k]: {**s.by_kind(), "peak": s.peak, "moments": s.moments}
+            phases = {pred.labels[k]: {**s.by_kind(), "engine": s.engine, "peak": s.peak, "moments": s.moments}
                       for k, s in pred.phases.items()}
             rows.append({"label": label, "overrides": overrides, "trainable": pred.phases["train"].trainable,
                          "precision": setting.precision, "shape": f"{setting.batch} × {setting.seq}",
@@ -174,12 +180,15 @@ def main() -> None:
             "model's prediction (`python -m peftlab.budget ... --memory`, docs/memory.md): tensor bytes on one "
             "device, by kind, for each phase; peak = the largest moment of a training step. Precision rule "
             "(`bf16-mixed`, `16-mixed`): frozen weights in the load dtype (LLaMA bf16, DeBERTa fp32), trained "
-            "tensors fp32, AdamW fp32, no master copy. `full FT, DeepSpeed bf16` = the official SMT code's layout "
-            "(HectorHHZ/Sparse_Matrix_Tuning `deepspeed/fine_tune.py`, ZeRO `bf16`, one GPU): bf16 weights and "
-            "gradients + fp32 master + fp32 Adam; `+ CPU optimizer` = its full-FT config "
-            "(`peft/configs/fft_deepspeed_config.json`: `offload_optimizer: cpu`), master and Adam in CPU memory "
-            "(column CPU GiB). SMT rows without a run's selection assume its blocks spread over all q, k, v "
-            "matrices (the worst case for activations)."
+            "tensors fp32, AdamW fp32, no master copy. `fits` includes the margin of docs/memory.md (+64 MiB cuBLAS "
+            "workspaces, +10% allocator reserve, +1 GiB CUDA context). `full FT, DeepSpeed bf16` = the official SMT "
+            "code's layout (HectorHHZ/Sparse_Matrix_Tuning `deepspeed/fine_tune.py`, ZeRO `bf16`, one GPU): bf16 "
+            "weights and gradients + fp32 master + fp32 Adam, all on the GPU (no offload). `optim.offload` "
+            "(peftlab.offload, what the official full-FT config `peft/configs/fft_deepspeed_config.json`'s "
+            "`offload_optimizer: cpu` does): the weights in their load dtype on the GPU with one gradient at a time, "
+            "the fp32 masters, gradients and Adam in CPU memory (column CPU GiB); the `smt` rows' warm-up runs so "
+            "(cited). SMT rows without a run's selection assume its blocks spread over all q, k, v matrices (the "
+            "worst case for activations)."
             f"\n\n" + "\n\n".join(parts) + "\n")
     tmp = out / "memory_paper_scale.md.tmp"
     tmp.write_text(text)

@@ -7,6 +7,8 @@
     python scripts/reproduce.py smt_budget --mini                     # offline mini version → results/*/mini/
     python scripts/reproduce.py capaboost_squad --seeds 42 --methods lora -- trainer.devices=2
     python scripts/reproduce.py capaboost_glue --methods capaboost_lora --tasks rte --seeds 42   # one cell
+    python scripts/reproduce.py smt_commonsense --plan                # per cell: GPUs, peak per phase, steps
+    python scripts/reproduce.py smt_commonsense --gpu-mem 80          # refuse before launching if a cell won't fit
 
 Runs whose COMPLETE record already exists (same table, row, task, seed) are skipped, so a killed
 reproduction resumes by running the same command. Afterwards scripts/make_tables.py rebuilds the table and,
@@ -23,6 +25,8 @@ from pathlib import Path
 
 from peftlab import reproduce as rp
 from peftlab.errors import EXIT_FAILED, ConfigError
+from peftlab.memory.cells import refusal
+from peftlab.memory.report import GPUS
 from peftlab.sweep import collect, summary
 
 
@@ -38,6 +42,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--launcher", help="Hydra launcher, e.g. submitit_slurm (conf/hydra/launcher/)")
     ap.add_argument("--runs-dir", help="records directory (default results/runs, --mini: results/mini/runs)")
     ap.add_argument("--no-tables", action="store_true", help="do not rebuild the table/figure afterwards")
+    ap.add_argument("--plan", action="store_true", help="print each cell's GPUs, predicted peak per GPU for each "
+                    "phase (docs/memory.md), the GPU sizes that hold it and its optimizer steps; run nothing")
+    ap.add_argument("--gpu-mem", type=float, metavar="GIB", help="refuse, before launching anything, a table with a "
+                    "cell that needs more than GIB GiB per GPU (predicted peak with the margin)")
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     args.extra = extra  # after --: Hydra overrides added to (and winning in) every run
@@ -65,7 +73,23 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(rp.experiment_names()))
         return 0
     try:
-        plan = rp.resolve_keys(rp.plan(args.table, args.mini, args.seeds, args.methods, args.tasks))
+        plan = rp.plan(args.table, args.mini, args.seeds, args.methods, args.tasks)
+    except ConfigError as err:
+        print(f"ConfigError: {err}", file=sys.stderr)
+        return 2
+    if args.plan or args.gpu_mem is not None:
+        cells = rp.memory_plan(plan, extra=args.extra)
+        if args.plan:
+            print("\n".join(c.describe() for c in cells))
+        # --plan alone: a cell that fits none of the GPU sizes (or fails before training) is refused as well
+        line = refusal(cells, args.gpu_mem if args.gpu_mem is not None else max(GPUS), args.table)
+        if line is not None:
+            print(f"ConfigError: {line}", file=sys.stderr)
+            return 2
+        if args.plan:
+            return 0
+    try:
+        plan = rp.resolve_keys(plan)
     except ConfigError as err:
         print(f"ConfigError: {err}", file=sys.stderr)
         return 2

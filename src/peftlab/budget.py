@@ -28,23 +28,22 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import re
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from peftlab.architecture import compose, meta_backbone, with_default_task
 from peftlab.config_utils import require
-from peftlab.errors import ConfigError, PeftlabError
+from peftlab.errors import PeftlabError
 from peftlab.logs import quiet_known_warnings
+from peftlab.memory import report
 from peftlab.methods import build_method
 from peftlab.methods.base import count_parameters, head_module_names, head_parameter_count
-from peftlab.models import ModelSpec, load_backbone, resolve_path
 from peftlab.train import validate_config
 
 
@@ -74,43 +73,6 @@ class Budget:
         return 100.0 * self.trainable / self.base_total
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    """The project's Hydra config (``conf/`` of the repository) with ``overrides``; no run directory."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    conf = Path(__file__).resolve().parents[2] / "conf"
-    require(conf.is_dir(), f"peftlab's conf/ directory not found at {conf}")
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=overrides)
-
-
-def _architecture_spec(spec: ModelSpec) -> ModelSpec:
-    """A spec that builds the same architecture with no weights to fetch."""
-    if spec.source == "timm":
-        return dataclasses.replace(spec, pretrained=False)
-    if spec.source == "hf_random" or spec.config:
-        return dataclasses.replace(spec, source="hf_random")
-    import transformers
-
-    try:  # a local directory, a package-shipped model or the HF cache: config.json only
-        config = transformers.AutoConfig.from_pretrained(resolve_path(spec.path)).to_dict()
-    except OSError as err:
-        raise ConfigError(
-            f"model '{spec.name}' keeps no architecture under `config:` in conf/model/{spec.name}.yaml and its "
-            f"config.json is not available offline ({type(err).__name__}); add the dimensions to the yaml"
-        ) from err
-    keep = {k: v for k, v in config.items() if k not in ("architectures", "id2label", "label2id", "num_labels",
-                                                          "problem_type", "transformers_version", "dtype")}
-    return dataclasses.replace(spec, source="hf_random", config=keep)
-
-
-def meta_backbone(spec: ModelSpec, head: str, num_labels: int | None) -> nn.Module:
-    """The backbone with ``head``, built on the meta device: shapes only, no memory, no download."""
-    with torch.device("meta"):
-        return load_backbone(_architecture_spec(spec), head, num_labels)
-
-
 def count(cfg: DictConfig, base: nn.Module | None = None) -> Budget:
     """Counts for ``cfg`` (a composed project config); ``base`` reuses an already built meta backbone."""
     spec, method, task = validate_config(cfg)
@@ -126,14 +88,6 @@ def count(cfg: DictConfig, base: nn.Module | None = None) -> Budget:
     heads = head_module_names(base, spec) if method.config.train_head else []
     return Budget(planned_count if planned_count is not None else trainable, total, base_total, task.head, heads,
                   applied.extra_counts(model), head_parameter_count(base, spec) if heads else 0)
-
-
-def with_default_task(overrides: list[str]) -> list[str]:
-    """``overrides`` plus ``task=<model.default_task>`` when they name no task and the model config has one."""
-    if any(o.lstrip("+~").split("=", 1)[0] == "task" for o in overrides):
-        return overrides
-    default = compose(overrides).model.get("default_task")
-    return [*overrides, f"task={default}"] if default else overrides
 
 
 def parse_count(text: str, base_total: int) -> float:
@@ -200,8 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     quiet_known_warnings()  # the run's filter of known third-party messages: the answer alone is printed
     try:
         if args.memory:
-            from peftlab.memory import report  # noqa: PLC0415  (peftlab.memory imports this module)
-
             require(args.solve is None, "--memory and --solve are separate modes: run them one at a time")
             print(report(args.overrides))
             return 0

@@ -45,6 +45,7 @@ from torch.distributed.fsdp._common_utils import clean_tensor_name
 from peftlab import distributed, loss_scaling, optim
 from peftlab.config_utils import require
 from peftlab.methods.base import Method
+from peftlab.offload import CpuOffload
 from peftlab.precision import PrecisionRule
 from peftlab.run_config import OptimConfig
 from peftlab.tasks.base import Task
@@ -79,6 +80,8 @@ class PeftModule(pl.LightningModule):
         self._rng_to_restore: dict[str, Any] | None = None
         self.precision_rule = PrecisionRule()
         self._step_skipped: bool | None = None  # the last optimizer step's outcome, until the method's step hook ran
+        # optim.offload: the optimizer of full-parameter phases in CPU memory (peftlab.offload, docs/memory.md)
+        self.offload = CpuOffload(bool(optim.get("offload", False)), self.model)
 
     # ---- training ----
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
@@ -89,8 +92,10 @@ class PeftModule(pl.LightningModule):
         return loss
 
     def apply_precision_rule(self) -> None:
-        """Trained tensors fp32, the others in their load dtype (:mod:`peftlab.precision`)."""
-        self.precision_rule.apply(self.model, self.method.trained_parameters(self.model))
+        """Trained tensors fp32, the others in their load dtype (:mod:`peftlab.precision`); in an offloaded
+        phase every weight keeps its load dtype on the device, its fp32 master in CPU memory (peftlab.offload)."""
+        trained = [] if self.offload.applies(self.model) else self.method.trained_parameters(self.model)
+        self.precision_rule.apply(self.model, trained)
 
     def on_fit_start(self) -> None:
         self.method.on_fit_start(self.model, int(self.trainer.estimated_stepping_batches))
@@ -164,6 +169,7 @@ class PeftModule(pl.LightningModule):
         self.apply_precision_rule()  # so AdamW's state is fp32 (a no-op unless the trained set changed)
         config = OptimConfig(**self.optim)
         optimizer = optim.build_optimizer(self.model, config, self.method.current_lr())
+        optimizer = self.offload.wrap(optimizer, self.model, self.global_step)  # optim.offload: CPU masters
         # schedule_origin/position, not global_step: on a resume Lightning builds the optimizer before it restores it
         trainer = self.trainer
         total = int(trainer.estimated_stepping_batches)  # loads the train loader, unless max_steps alone bounds the run
@@ -237,6 +243,7 @@ class PeftModule(pl.LightningModule):
             "schedule_position": self.schedule_position,
             "rng": get_rng_state(),
             "run_config": self.run_config,
+            "optimizer_engines": self.offload.history,
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -256,6 +263,7 @@ class PeftModule(pl.LightningModule):
         self.schedule_origin = int(extra.get("schedule_origin", 0))
         self.schedule_position = int(extra.get("schedule_position", 0))
         self._rng_to_restore = extra.get("rng")
+        self.offload.history = list(extra.get("optimizer_engines", []))
 
 
 class MethodStep(pl.Callback):

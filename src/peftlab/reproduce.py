@@ -338,3 +338,20 @@ def done_keys(runs_dir: str | Path) -> set[tuple[str, str, str, int]]:
 def is_budget_table(table: str, conf: Path = CONF) -> bool:
     """A table with a budget sweep gets a score-vs-trainable-parameters figure."""
     return bool(_raw(load_table(table, conf).sweep).get("budgets"))
+
+
+def memory_plan(p: Plan, extra: Sequence[str] = (), conf: Path = CONF) -> list[Any]:
+    """One :class:`peftlab.memory.cells.CellPlan` per cell (method × task × budget) of ``p``, in plan order: the
+    composed config of the cell's first seed (with the ``extra`` overrides a launch adds), its GPUs, predicted peaks
+    per phase and optimizer steps."""
+    from peftlab.memory.cells import plan_cell
+
+    groups: dict[tuple[str, str, Any], list[Point]] = {}
+    for pt in p.points:
+        groups.setdefault(pt.group, []).append(pt)
+    cells = []
+    for (m, t, b), pts in groups.items():
+        cfg = compose_config([f"experiment={p.table}", *dedupe([*pts[0].overrides, *extra]), f"seed={pts[0].seed}"],
+                             conf)
+        cells.append(plan_cell(f"{m}/{t}" + ("" if b is None else f" budget {b}"), [pt.seed for pt in pts], cfg))
+    return cells

@@ -59,6 +59,7 @@ class OptimConfig:
     warmup_steps: NonNegativeInt | None = None
     warmup_lr: NonNegativeFloat = 0.0  # timm_cosine only
     min_lr: NonNegativeFloat = 0.0  # timm_cosine only
+    offload: bool = False  # the optimizer of full-parameter phases in CPU memory (peftlab.offload)
 
     def __post_init__(self) -> None:
         require(len(self.betas) == 2, f"optim.betas must hold two numbers (AdamW's β1, β2), got {self.betas}")

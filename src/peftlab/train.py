@@ -20,7 +20,7 @@ from pytorch_lightning.strategies import FSDPStrategy
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
-from peftlab import distributed, faults, global_state, optim, precision, results
+from peftlab import distributed, faults, global_state, offload, optim, precision, results
 from peftlab.checkpoint import load_checkpoint
 from peftlab.config_utils import build_dataclass, check_known, check_writable, instantiate, require, to_dict
 from peftlab.data import TaskDataModule
@@ -70,6 +70,7 @@ def validate_config(cfg: DictConfig) -> tuple[ModelSpec, Method, Task]:
         _check_targets(spec, list(method.config.targets))
     _check_trainer(cfg)
     _validate_processes(cfg, spec, method)
+    offload.check(cfg)
     return spec, method, task
 
 
@@ -354,6 +355,7 @@ def _run(cfg: DictConfig) -> dict[str, Any]:
         # dtypes of the frozen and trained tensors at the end, and the autocast setting (docs/precision.md)
         precision=precision.describe(module.model, module.method.trained_parameters(module.model),
                                      trainer.precision),
+        optimizer=module.offload.history,  # which optimizer engine ran from which step (peftlab.offload)
         wall_time_s=time.time() - start,
         global_steps=trainer.global_step,
         memory=results.peak_memory(),
