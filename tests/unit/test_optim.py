@@ -131,7 +131,7 @@ def ours(cfg: DictConfig, model: nn.Module, method: Method, task: Any, cell: Cel
     module = PeftModule(model, method, task, to_dict(cfg.optim))
     module.trainer = SimpleNamespace(estimated_stepping_batches=cell.epochs * cell.steps_per_epoch,  # type: ignore
                                      num_training_batches=cell.steps_per_epoch, accumulate_grad_batches=1,
-                                     max_epochs=cell.epochs)
+                                     max_epochs=cell.epochs, global_step=0)
     built = module.configure_optimizers()
     return {"optimizer": built["optimizer"], "scheduler": built["lr_scheduler"]["scheduler"]}
 
@@ -319,7 +319,7 @@ def _optimizer_view(module: PeftModule, optim: dict[str, Any]) -> Any:
     """The optimizer class, its groups' settings and the lr of 12 steps (3 epochs of 4) configure_optimizers gives."""
     probe = PeftModule(module.model, module.method, module.task, optim)
     probe.trainer = SimpleNamespace(estimated_stepping_batches=12, num_training_batches=4,  # type: ignore[assignment]
-                                    accumulate_grad_batches=1, max_epochs=3)
+                                    accumulate_grad_batches=1, max_epochs=3, global_step=0)
     built = probe.configure_optimizers()
     return type(built["optimizer"]), hyper(built["optimizer"]), lrs(built["lr_scheduler"]["scheduler"], 12)
 
@@ -362,6 +362,16 @@ def test_every_config_key_reaches_the_run(tmp_path: Path, monkeypatch: pytest.Mo
     for key, value in TIMM_PROBES.items():
         assert _optimizer_view(module, {**timm, key.split(".")[1]: value}) != _optimizer_view(module, timm), key
         probed.add(key)
+    full = PeftModule(*train.build_model(compose_config([*TINY, "method=full"]))[:3], default)
+    offloaded = PeftModule(full.model, full.method, full.task, {**default, "offload": True})
+    for probe in (full, offloaded):
+        probe.trainer = SimpleNamespace(estimated_stepping_batches=12, num_training_batches=4,  # type: ignore
+                                        accumulate_grad_batches=1, max_epochs=3, global_step=0)
+    weights = {id(p) for p in full.model.parameters()}
+    stepped = [{id(p) for g in m.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
+               for m in (full, offloaded)]
+    assert stepped[0] <= weights and not stepped[1] & weights  # offload: the optimizer steps CPU masters
+    probed.add("optim.offload")
 
     ckpt = tmp_path / "out" / "checkpoints" / "last.ckpt"  # where callbacks=default keeps the run's last.ckpt
     ckpt.parent.mkdir(parents=True)
