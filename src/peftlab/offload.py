@@ -22,6 +22,9 @@ The precision rule's promise holds (:mod:`peftlab.precision`): every update is a
 weights are the masters rounded to the load dtype (DeepSpeed's bf16 model copy). On an fp32 model the masters equal
 the weights and the run takes exactly the steps of ``AdamW`` on the device (tested on CPU, to the bit).
 
+A method that reads the step's gradient at ``on_before_optimizer_step`` (SMT's full warm-up sums) reads it through
+:func:`gradient`: in an offloaded phase ``.grad`` is freed during backward and the step's gradient is the master's.
+
 The optimizer returned is a plain ``torch.optim.AdamW`` over the masters, so Lightning's automatic optimization,
 gradient clipping (the norm of the fp32 CPU gradients), the lr scheduler and checkpoints need nothing special: the
 masters travel in the optimizer's state dict (a state-dict hook), so a resumed run continues from the exact fp32
@@ -46,6 +49,15 @@ from peftlab.config_utils import require
 DEVICE_ENGINE = "AdamW on the device"
 OFFLOAD_ENGINE = "AdamW in CPU memory: fp32 master, gradients and moments off the device (peftlab.offload)"
 MASTERS = "peftlab_offload_masters"  # the key of the fp32 masters in the optimizer's state dict
+_MASTER = "_peftlab_offload_master"  # the attribute of an offloaded weight that holds its fp32 CPU master
+
+
+def gradient(param: torch.Tensor) -> torch.Tensor | None:
+    """The gradient of ``param`` this optimizer step will apply: ``.grad``, or in an offloaded phase its fp32
+    master's (the hooks moved it there during backward and freed ``.grad``). Methods that read the step's gradient
+    at ``on_before_optimizer_step`` (SMT's full warm-up) read it through this."""
+    master = getattr(param, _MASTER, None)
+    return param.grad if master is None else master.grad
 
 
 def trains_every_parameter(model: nn.Module) -> bool:
@@ -79,6 +91,7 @@ class CpuOffload:
         self.enabled = enabled
         self.history: list[dict[str, Any]] = []  # {"from_step": s, "engine": ...} each time the engine changes
         self._handles: list[RemovableHandle] = []
+        self._offloaded: list[nn.Parameter] = []  # the weights whose masters live in CPU memory now
 
     def applies(self, model: nn.Module) -> bool:
         """Whether the phase now running is offloaded."""
@@ -89,7 +102,9 @@ class CpuOffload:
         hyper-parameters over fp32 CPU masters of its parameters (the hooks of an earlier phase are removed)."""
         for h in self._handles:
             h.remove()
-        self._handles = []
+        for p in self._offloaded:
+            delattr(p, _MASTER)
+        self._handles, self._offloaded = [], []
         offloaded = self.applies(model)
         engine = OFFLOAD_ENGINE if offloaded else DEVICE_ENGINE
         if not self.history or self.history[-1]["engine"] != engine:
@@ -105,6 +120,8 @@ class CpuOffload:
                 master = p.detach().to("cpu", torch.float32, copy=True)
                 masters.append(master.pin_memory() if pin else master)
                 pairs.append((p, masters[-1]))
+                setattr(p, _MASTER, masters[-1])
+                self._offloaded.append(p)
             groups.append({**group, "params": masters})
         host = type(optimizer)(groups, lr=optimizer.defaults["lr"])  # the run's lr: what the scheduler reads
         self._handles = [p.register_post_accumulate_grad_hook(_to_master(m)) for p, m in pairs]

@@ -20,9 +20,10 @@ Phases, run inside Lightning's ``fit``:
 A run whose warm-up is not shorter than the run fails before training (:meth:`check_total_steps`).
 
 Where the gradients are read (:mod:`peftlab.methods.grad_probe`): ``full`` adds ``.grad`` of each eligible weight
-at every optimizer step (``on_before_optimizer_step``: the step's gradient, summed over its micro-batches,
-unscaled, before clipping); ``grad_only`` reads each gradient in backward and frees it. Under fp16 loss scaling
-(``16-mixed``) a step the scaler skips adds nothing (``grad_only`` divides by the loss scale and holds the step's
+(under ``optim.offload=true`` its fp32 CPU master's, :func:`peftlab.offload.gradient`) at every optimizer step
+(``on_before_optimizer_step``: the step's gradient, summed over its micro-batches, unscaled, before clipping);
+``grad_only`` reads each gradient in backward and frees it. Under fp16 loss scaling (``16-mixed``) a step the
+scaler skips adds nothing (``grad_only`` divides by the loss scale and holds the step's
 reads until its outcome is known), so the sums are those of the steps taken.
 
 Several processes (DDP, docs/multi_gpu.md): the sums are of the gradient averaged over the processes, the sum one
@@ -44,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from peftlab import distributed
+from peftlab import distributed, offload
 from peftlab.config_utils import require
 from peftlab.errors import ConfigError
 from peftlab.methods import METHODS
@@ -220,8 +221,9 @@ class SparseMatrixTuning(ReadsGradients, Method):
             self.sums.end_step(skipped)
         elif not skipped:
             for name, w in self._eligible_weights().items():
-                if w.grad is not None:
-                    self.sums.add(name, w.grad)
+                grad = offload.gradient(w)  # .grad, or its CPU master's under optim.offload=true
+                if grad is not None:
+                    self.sums.add(name, grad)
 
     def _remove_hooks(self) -> None:
         for h in self._hooks:
