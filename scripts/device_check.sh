@@ -2,8 +2,9 @@
 # Device check: the paths that only GPUs take (NCCL, fp16 loss scaling, FSDP), docs/multi_gpu.md.
 #
 #   bash scripts/device_check.sh                  # every GPU of the machine (1 to 8); sized for < 10 min on one
-#                                                 # GPU + ~5 min of memory check (estimates: not yet run on a
-#                                                 # GPU); MEMORY_CHECK=0 leaves the memory check out
+#                                                 # GPU + ~5 min of memory check + ~3 min of offload check
+#                                                 # (estimates: not yet run on a GPU); MEMORY_CHECK=0 leaves
+#                                                 # the memory check out
 #   OUT=/some/dir bash scripts/device_check.sh    # logs, records and summary.tsv under $OUT
 #   DEVICE_CHECK_CPU=1 bash scripts/device_check.sh   # dry run of the same checks on CPU (2 processes over gloo;
 #                                                 # FSDP training is skipped: Lightning's FSDP needs CUDA)
@@ -27,6 +28,9 @@
 #                               gives Lightning's MixedPrecision plugin a CPU GradScaler (its 16-mixed is bf16 on CPU)
 #   fsdp_lora, fsdp_full        FSDP training + export (SKIP in the dry run); fsdp_smt_refused: the documented refusal
 #   memory_prediction           the memory model against the GPU's measured peak (scripts/device_check_memory.py)
+#   offload_smt                 SMT's offloaded warm-up (optim.offload=true), the switch and block training on one
+#                               GPU at a LLaMA-1B shape: each phase's peak vs the prediction within 10%, and the
+#                               margin's parts (scripts/device_check_offload.py; ~3 min; its own expected output)
 #
 # Expected output, DEVICE_CHECK_CPU=1 (exit status 0; seconds vary):
 #   [device_check] 2 device(s), 6 optimizer steps per run; outputs under /tmp/peftlab_device_check.XXXXXX
@@ -41,6 +45,7 @@
 #   fsdp_full                    SKIP     0s  FSDP needs CUDA
 #   fsdp_smt_refused             PASS    20s  refused as documented
 #   memory_prediction            PASS    30s  .venv/bin/python scripts/device_check_memory.py --dry-run
+#   offload_smt                  PASS    15s  .venv/bin/python scripts/device_check_offload.py --dry-run
 #   [device_check] summary: /tmp/peftlab_device_check.XXXXXX/summary.tsv
 # On GPUs: the same lines with `N device(s)`, fsdp_* PASS, and on one GPU
 #   ddp_smt_nccl                 SKIP     0s  needs >= 2 GPUs (one process runs no collective)
@@ -205,6 +210,7 @@ if [ "${MEMORY_CHECK:-1}" = 1 ]; then
   fi
 fi
 
-check_cmd offload_smt "$PY" scripts/device_check_offload.py $([ "${DEVICE_CHECK_CPU:-0}" = 1 ] && echo --dry-run)  # SMT offloaded warm-up, switch, blocks: peak per phase vs prediction (docs/memory.md)
+# SMT's offloaded warm-up, the switch and block training: each phase's peak vs the prediction (docs/memory.md)
+check_cmd offload_smt "$PY" scripts/device_check_offload.py $([ "${DEVICE_CHECK_CPU:-0}" = 1 ] && echo --dry-run)
 echo "[device_check] summary: $OUT/summary.tsv"
 exit $FAILED
