@@ -126,12 +126,17 @@ def meta_model(cfg: DictConfig) -> tuple[nn.Module, Method, Any]:
     return model, method, task
 
 
+def run_length(epochs: int, steps_per_epoch: int) -> SimpleNamespace:
+    """What configure_optimizers reads from its trainer, for a run of ``epochs`` × ``steps_per_epoch`` steps, before
+    its first step."""
+    return SimpleNamespace(estimated_stepping_batches=epochs * steps_per_epoch, num_training_batches=steps_per_epoch,
+                           accumulate_grad_batches=1, max_epochs=epochs, global_step=0)
+
+
 def ours(cfg: DictConfig, model: nn.Module, method: Method, task: Any, cell: Cell) -> dict[str, Any]:
     """What PeftModule.configure_optimizers builds, under a trainer that reports the cell's run length."""
     module = PeftModule(model, method, task, to_dict(cfg.optim))
-    module.trainer = SimpleNamespace(estimated_stepping_batches=cell.epochs * cell.steps_per_epoch,  # type: ignore
-                                     num_training_batches=cell.steps_per_epoch, accumulate_grad_batches=1,
-                                     max_epochs=cell.epochs, global_step=0)
+    module.trainer = run_length(cell.epochs, cell.steps_per_epoch)  # type: ignore[assignment]
     built = module.configure_optimizers()
     return {"optimizer": built["optimizer"], "scheduler": built["lr_scheduler"]["scheduler"]}
 
@@ -318,8 +323,7 @@ TIMM_PROBES = {"optim.warmup_lr": 1e-5, "optim.min_lr": 1e-4}  # the keys of opt
 def _optimizer_view(module: PeftModule, optim: dict[str, Any]) -> Any:
     """The optimizer class, its groups' settings and the lr of 12 steps (3 epochs of 4) configure_optimizers gives."""
     probe = PeftModule(module.model, module.method, module.task, optim)
-    probe.trainer = SimpleNamespace(estimated_stepping_batches=12, num_training_batches=4,  # type: ignore[assignment]
-                                    accumulate_grad_batches=1, max_epochs=3, global_step=0)
+    probe.trainer = run_length(3, 4)  # type: ignore[assignment]
     built = probe.configure_optimizers()
     return type(built["optimizer"]), hyper(built["optimizer"]), lrs(built["lr_scheduler"]["scheduler"], 12)
 
@@ -365,8 +369,7 @@ def test_every_config_key_reaches_the_run(tmp_path: Path, monkeypatch: pytest.Mo
     full = PeftModule(*train.build_model(compose_config([*TINY, "method=full"]))[:3], default)
     offloaded = PeftModule(full.model, full.method, full.task, {**default, "offload": True})
     for probe in (full, offloaded):
-        probe.trainer = SimpleNamespace(estimated_stepping_batches=12, num_training_batches=4,  # type: ignore
-                                        accumulate_grad_batches=1, max_epochs=3, global_step=0)
+        probe.trainer = run_length(3, 4)  # type: ignore[assignment]
     weights = {id(p) for p in full.model.parameters()}
     stepped = [{id(p) for g in m.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
                for m in (full, offloaded)]
