@@ -4,24 +4,27 @@ synthetic pair task, 6 epochs on CPU), one table of test accuracy, trainable par
 Usage:
     python scripts/bench_demo.py                          # every method, → results/bench/demo_methods_cpu.{json,md}
     python scripts/bench_demo.py --methods lora smt       # some methods (a table of those only)
+    python scripts/bench_demo.py --jobs 2                 # two runs at a time (one per core of a 2-core machine)
     python scripts/bench_demo.py --out /tmp/bench -- trainer.max_epochs=1   # overrides after -- go to every run
 
 Each run is a child ``train.py`` process writing its record and outputs under a temporary directory (nothing lands
 in results/runs or outputs/). CPU time is the user + system time of the child and its threads
-(``resource.getrusage(RUSAGE_CHILDREN)``), which other jobs on the machine distort less than wall time (also
-given). A method whose run fails gets a row saying so, and the script exits 1 after writing the table.
+(``os.wait4``: each run's own, also with ``--jobs 2`` runs side by side), which other jobs on the machine distort
+less than wall time (also given). A method whose run fails gets a row saying so, and the script exits 1 after
+writing the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import shlex
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,19 +36,23 @@ REFERENCE = "lora"  # the demo's default method: every other row is compared wit
 
 
 def run_method(method: str, work: Path, extra: list[str]) -> dict[str, Any]:
-    """``train.py method=<method>`` in a child process; its record's numbers and the child's CPU seconds."""
+    """``train.py method=<method>`` in a child process; its record's numbers and the child's own CPU seconds
+    (``os.wait4``: that child and what it waited for, whatever else runs beside it)."""
     args = [f"method={method}", f"paths.results_dir={work / 'runs'}", f"hydra.run.dir={work / 'out'}", *extra]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.time()
-    proc = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True)
+    with open(work / "stderr.txt", "w+") as err:
+        proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        stderr = err.read()
     wall = time.time() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     row: dict[str, Any] = {"method": method, "command": shlex.join(["python", "train.py", *args[:1], *extra]),
-                           "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
-                           "wall_s": round(wall, 1), "status": proc.returncode}
+                           "cpu_s": round(usage.ru_utime + usage.ru_stime, 1), "wall_s": round(wall, 1),
+                           "status": proc.returncode}
     records = list((work / "runs").rglob("*.json"))
     if proc.returncode or len(records) != 1:
-        row["error"] = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        row["error"] = (stderr.strip().splitlines() or ["no output"])[-1]
         return row
     record = json.loads(records[0].read_text())
     main = record["main_metric"]
@@ -74,17 +81,21 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="+", default=METHODS.names(), choices=METHODS.names(), metavar="NAME",
                     help="methods to run (default: every registered one)")
+    ap.add_argument("--jobs", type=int, default=1, help="train.py runs at a time (default 1; CPU s is per run)")
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"), help="directory of the table")
     args = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     methods = sorted(args.methods, key=lambda m: (m != REFERENCE, m))  # LoRA first: the reference row
     git = results.git_commit()  # the code the runs use (checked out before they start)
-    rows = []
-    for method in methods:
+
+    def one(method: str) -> dict[str, Any]:
         with tempfile.TemporaryDirectory(prefix=f"bench_demo_{method}_") as work:
-            rows.append(run_method(method, Path(work), extra))
-        r = rows[-1]
+            r = run_method(method, Path(work), extra)
         print(f"[bench_demo] {method}: " + (f"test {r['metric']} {r['test']:.2f}, {r['trainable']:,} trainable, "
               if "test" in r else f"FAILED ({r['error']}), ") + f"{r['cpu_s']} CPU s", flush=True)
+        return r
+
+    with ThreadPoolExecutor(args.jobs) as pool:  # each worker waits on one train.py child at a time
+        rows = list(pool.map(one, methods))
     command = shlex.join(["python", "scripts/bench_demo.py", *argv])
     record = {"created": results.now(), "git": git, "hardware": results.hardware(),
               "versions": results.versions(), "command": command, "rows": rows}
@@ -99,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'+dirty' if record['git'].get('dirty') else ''}).\n"
         "Each row: `python train.py method=<method>` (MiniLM, synthetic pairs: 1,000 training examples, 6 epochs, "
         "test on 300; chance 50%). CPU s: user + system seconds of the run's process (its threads included); wall s "
-        "depends on what else ran on the machine.\n\n"
+        f"depends on what else ran on the machine ({args.jobs} run(s) at a time).\n\n"
         f"{md}\n")
     print(md)
     return 1 if any("test" not in r for r in rows) else 0
