@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -26,30 +26,31 @@ class Phase:
     held_cpu: int = 0  # bytes the method holds in CPU memory
 
 
+F = TypeVar("F")
+
+
+def _registrar(table: dict[str, F]) -> Callable[[str], Callable[[F], F]]:
+    """``@decorator(name)`` that puts a function into ``table`` under the method's name."""
+
+    def decorator(name: str) -> Callable[[F], F]:
+        def register(fn: F) -> F:
+            table[name] = fn
+            return fn
+
+        return register
+
+    return decorator
+
+
 Planner = Callable[[Method, nn.Module, MemorySetting, "dict[str, Any] | None", list[str]], Iterator[Phase]]
 PLANNERS: dict[str, Planner] = {}
-
-
-def planner(name: str) -> Callable[[Planner], Planner]:
-    def register(fn: Planner) -> Planner:
-        PLANNERS[name] = fn
-        return fn
-
-    return register
-
+planner = _registrar(PLANNERS)
 
 Builder = Callable[[Method, nn.Module, ModelSpec], nn.Module]
 # methods whose ``apply`` does real work that only reaches memory through a size: the memory model builds their model
 # with the builder registered here instead of ``method.apply`` (the result has the same tensors: shapes, dtypes)
 BUILDERS: dict[str, Builder] = {}
-
-
-def builder(name: str) -> Callable[[Builder], Builder]:
-    def register(fn: Builder) -> Builder:
-        BUILDERS[name] = fn
-        return fn
-
-    return register
+builder = _registrar(BUILDERS)
 
 
 def _numel(tensors: Iterable[torch.Tensor]) -> int:
