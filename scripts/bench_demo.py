@@ -52,13 +52,20 @@ def run_method(method: str, work: Path, extra: list[str]) -> dict[str, Any]:
                            "status": proc.returncode}
     records = list((work / "runs").rglob("*.json"))
     if proc.returncode or len(records) != 1:
-        row["error"] = (stderr.strip().splitlines() or ["no output"])[-1]
+        row["error"] = error_line(stderr)
         return row
     record = json.loads(records[0].read_text())
     main = record["main_metric"]
     row.update(metric=main, test=record["metrics"][f"test/{main}"], trainable=record["params"]["trainable"],
                total=record["params"]["total"], steps=record["global_steps"])
     return row
+
+
+def error_line(stderr: str) -> str:
+    """The failed run's own last line: the exception, not the hint Hydra prints after a traceback."""
+    hint = "Set the environment variable HYDRA_FULL_ERROR"
+    lines = [x for x in stderr.splitlines() if x.strip() and not x.startswith(hint)]
+    return (lines or ["no output"])[-1]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
