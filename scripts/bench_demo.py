@@ -82,6 +82,21 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def header(record: dict[str, Any], methods: list[str], extra: list[str], jobs: int) -> str:
+    """The table's title and provenance: which methods, with which overrides, at which commit, on what CPU."""
+    which = "Every method" if sorted(methods) == sorted(METHODS.names()) else "Methods"
+    settings = f"with {shlex.join(extra)}" if extra else "with its defaults"
+    git = record["git"]
+    return (f"# {which} on the demo, {settings} (cpu)\n\n"
+            f"Produced by `{record['command']}` on {record['hardware'].get('processor')} "
+            f"({record['hardware'].get('cpu_count')} CPUs; {record['created']}, commit {git['commit']}"
+            f"{'+dirty' if git.get('dirty') else ''}).\n"
+            f"Each row: `{shlex.join(['python', 'train.py', 'method=<method>', *extra])}` (MiniLM, synthetic pairs: "
+            "1,000 training examples, 6 epochs, test on 300; chance 50%). CPU s: user + system seconds of the run's "
+            "process (its threads included); wall s depends on what else ran on the machine "
+            f"({jobs} run(s) at a time).\n\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
@@ -110,15 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     results.write_json_atomic(out / "demo_methods_cpu.json", record)
     md = table(rows)
-    (out / "demo_methods_cpu.md").write_text(
-        "# Every method on the demo, with its defaults (cpu)\n\n"
-        f"Produced by `{command}` on {record['hardware'].get('processor')} "
-        f"({record['hardware'].get('cpu_count')} CPUs; {record['created']}, commit {record['git']['commit']}"
-        f"{'+dirty' if record['git'].get('dirty') else ''}).\n"
-        "Each row: `python train.py method=<method>` (MiniLM, synthetic pairs: 1,000 training examples, 6 epochs, "
-        "test on 300; chance 50%). CPU s: user + system seconds of the run's process (its threads included); wall s "
-        f"depends on what else ran on the machine ({args.jobs} run(s) at a time).\n\n"
-        f"{md}\n")
+    (out / "demo_methods_cpu.md").write_text(header(record, args.methods, extra, args.jobs) + f"{md}\n")
     print(md)
     return 1 if any("test" not in r for r in rows) else 0
 

@@ -29,3 +29,13 @@ def test_table_rows_are_compared_with_lora() -> None:
     assert lines[2].startswith("| lora | 70.00 | +0.00 | 100 | 10.000 |")
     assert lines[3].startswith("| ia3 | 62.50 | -7.50 | 10 | 1.000 |")
     assert lines[4].startswith("| smt | failed: KeyError: 'x' |")
+
+
+def test_header_names_the_overrides_every_row_ran_with() -> None:
+    record = {"command": "python scripts/bench_demo.py --methods adalora -- method.lr=5e-3", "created": "t",
+              "hardware": {"processor": "x86_64", "cpu_count": 2}, "git": {"commit": "abc", "dirty": False}}
+    some = bench_demo.header(record, ["adalora"], ["method.lr=5e-3"], 1)
+    assert some.startswith("# Methods on the demo, with method.lr=5e-3 (cpu)")
+    assert "`python train.py 'method=<method>' method.lr=5e-3`" in some and "commit abc)" in some
+    every = bench_demo.header({**record, "git": {"commit": "abc", "dirty": True}}, bench_demo.METHODS.names(), [], 2)
+    assert every.startswith("# Every method on the demo, with its defaults (cpu)") and "commit abc+dirty)" in every
