@@ -91,7 +91,8 @@ def header(record: dict[str, Any], methods: list[str], extra: list[str], jobs: i
             f"Produced by `{record['command']}` on {record['hardware'].get('processor')} "
             f"({record['hardware'].get('cpu_count')} CPUs; {record['created']}, commit {git['commit']}"
             f"{'+dirty' if git.get('dirty') else ''}).\n"
-            f"Each row: `{shlex.join(['python', 'train.py', 'method=<method>', *extra])}` (MiniLM, synthetic pairs: "
+            f"Each row: `{' '.join(['python train.py method=<method>', *map(shlex.quote, extra)])}` "
+            "(MiniLM, synthetic pairs: "
             "1,000 training examples, 6 epochs, test on 300; chance 50%). CPU s: user + system seconds of the run's "
             "process (its threads included); wall s depends on what else ran on the machine "
             f"({jobs} run(s) at a time).\n\n")

@@ -36,6 +36,6 @@ def test_header_names_the_overrides_every_row_ran_with() -> None:
               "hardware": {"processor": "x86_64", "cpu_count": 2}, "git": {"commit": "abc", "dirty": False}}
     some = bench_demo.header(record, ["adalora"], ["method.lr=5e-3"], 1)
     assert some.startswith("# Methods on the demo, with method.lr=5e-3 (cpu)")
-    assert "`python train.py 'method=<method>' method.lr=5e-3`" in some and "commit abc)" in some
+    assert "`python train.py method=<method> method.lr=5e-3`" in some and "commit abc)" in some
     every = bench_demo.header({**record, "git": {"commit": "abc", "dirty": True}}, bench_demo.METHODS.names(), [], 2)
     assert every.startswith("# Every method on the demo, with its defaults (cpu)") and "commit abc+dirty)" in every
