@@ -59,7 +59,7 @@ class AdaLoraConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.target_r < self.init_r,  # peft's allocator fails (kthvalue / KeyError) with nothing to prune
-                f"method.target_r={self.target_r} prunes nothing from method.init_r={self.init_r} (AdaLoRA prunes "
+                f"method.target_r={self.target_r} must be below method.init_r={self.init_r} (AdaLoRA prunes "
                 f"init_r - target_r ranks per matrix, and peft fails without one): set method.target_r below "
                 f"{self.init_r}, or method=lora for a fixed rank")
         require(self.total_step is None or self.total_step > self.tinit + self.tfinal,
